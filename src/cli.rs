@@ -1,0 +1,90 @@
+//! Command-line interface: the options every command shares and one variant per subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands::{device, iam_policy, setup, status, teardown};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "iot-custom-auth",
+    version,
+    about = "Set up, check and tear down AWS IoT Core custom authentication (MQTT username/password)",
+    long_about = "Set up, check and tear down AWS IoT Core custom authentication: MQTT devices log in \
+with a username and password, checked by a Lambda authorizer, instead of X.509 certificates.\n\n\
+Typical use: `device add` to declare devices, `setup` to deploy, `status` in CI, `teardown` when done.",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 not healthy (status, connect).\n\
+AWS credentials and region come from the usual places (environment, profile, SSO); \
+AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_<SERVICE> are honoured."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Config file declaring the devices and deployment settings.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        default_value = "iot-custom-auth.toml",
+        env = "IOT_CUSTOM_AUTH_CONFIG"
+    )]
+    pub config: PathBuf,
+
+    /// Deployment name; every AWS resource name is derived from it [default: the config's
+    /// `deployment.name`, else `iot-custom-auth`].
+    #[arg(long, global = true, value_name = "NAME", env = "IOT_CUSTOM_AUTH_NAME")]
+    pub name: Option<String>,
+
+    /// AWS region (otherwise AWS_REGION or the profile's region).
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// AWS named profile (otherwise AWS_PROFILE).
+    #[arg(long, global = true, value_name = "PROFILE")]
+    pub profile: Option<String>,
+
+    /// Send every AWS API call to this endpoint (a local stand-in, a proxy). AWS_ENDPOINT_URL and
+    /// AWS_ENDPOINT_URL_<SERVICE> work too.
+    #[arg(long, global = true, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Result format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// More detail on stderr (-v: our steps, -vv: AWS SDK requests).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update everything custom authentication needs (idempotent).
+    Setup(setup::SetupArgs),
+    /// Check the deployment without changing anything; exit 3 when something is wrong.
+    Status(status::StatusArgs),
+    /// Remove everything `setup` created for this deployment.
+    Teardown(teardown::TeardownArgs),
+    /// Declare the devices (username, password verifier, client IDs, topics) in the config file.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Print the least-privilege IAM policy an operator needs to run a command.
+    IamPolicy(iam_policy::IamPolicyArgs),
+}

@@ -1,0 +1,231 @@
+//! `iam-policy`: the least-privilege IAM policy an operator needs for each command, scoped to this
+//! deployment's resource ARNs. A test checks every call each command makes is covered.
+
+use std::fmt;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::error::exit;
+use crate::names::{BASIC_EXECUTION_POLICY_ARN, Names};
+
+#[derive(Debug, Args)]
+pub struct IamPolicyArgs {
+    /// The command the policy is for.
+    #[arg(long = "for", value_enum, default_value_t = For::All)]
+    pub for_command: For,
+    /// Account id to put in the ARNs [default: the caller's, from sts:GetCallerIdentity].
+    #[arg(long, value_name = "ID")]
+    pub account: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum For {
+    Setup,
+    Status,
+    Teardown,
+    All,
+}
+
+/// Reads shared by every command (`sts:GetCallerIdentity` needs no permission).
+const READ_ROLE: &[&str] = &[
+    "iam:GetRole",
+    "iam:ListAttachedRolePolicies",
+    "iam:ListRolePolicies",
+];
+const READ_FUNCTION: &[&str] = &["lambda:GetFunction", "lambda:GetPolicy"];
+const READ_AUTHORIZER: &[&str] = &["iot:DescribeAuthorizer", "iot:ListTagsForResource"];
+const READ_ACCOUNT: &[&str] = &["iot:DescribeDefaultAuthorizer", "iot:DescribeEndpoint"];
+
+/// The actions a command needs on each kind of resource.
+struct Needs {
+    role: Vec<&'static str>,
+    function: Vec<&'static str>,
+    authorizer: Vec<&'static str>,
+    account: Vec<&'static str>,
+    pass_role: bool,
+}
+
+fn needs(command: For) -> Needs {
+    let mut n = Needs {
+        role: READ_ROLE.to_vec(),
+        function: READ_FUNCTION.to_vec(),
+        authorizer: READ_AUTHORIZER.to_vec(),
+        account: READ_ACCOUNT.to_vec(),
+        pass_role: false,
+    };
+    let setup = matches!(command, For::Setup | For::All);
+    let teardown = matches!(command, For::Teardown | For::All);
+    if matches!(command, For::Status | For::All) {
+        n.authorizer.push("iot:TestInvokeAuthorizer");
+    }
+    if setup {
+        // Creating a resource with tags needs the tagging permission as well.
+        n.role.extend([
+            "iam:CreateRole",
+            "iam:TagRole",
+            "iam:UpdateAssumeRolePolicy",
+            "iam:AttachRolePolicy",
+        ]);
+        n.function.extend([
+            "lambda:CreateFunction",
+            "lambda:TagResource",
+            "lambda:UpdateFunctionCode",
+            "lambda:UpdateFunctionConfiguration",
+            "lambda:AddPermission",
+        ]);
+        n.authorizer.extend([
+            "iot:CreateAuthorizer",
+            "iot:TagResource",
+            "iot:UpdateAuthorizer",
+            "iot:SetDefaultAuthorizer",
+        ]);
+        n.account.push("iot:ClearDefaultAuthorizer");
+        n.pass_role = true;
+    }
+    if setup || teardown {
+        n.role
+            .extend(["iam:DetachRolePolicy", "iam:DeleteRolePolicy"]);
+        n.function.push("lambda:RemovePermission");
+    }
+    if teardown {
+        n.role.push("iam:DeleteRole");
+        n.function.push("lambda:DeleteFunction");
+        n.authorizer
+            .extend(["iot:UpdateAuthorizer", "iot:DeleteAuthorizer"]);
+        n.account.push("iot:ClearDefaultAuthorizer");
+    }
+    for list in [
+        &mut n.role,
+        &mut n.function,
+        &mut n.authorizer,
+        &mut n.account,
+    ] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    n
+}
+
+/// The policy document for `command`.
+pub fn document(command: For, names: &Names, region: &str, account: &str) -> Value {
+    let n = needs(command);
+    let mut statements = vec![
+        json!({"Sid": "ExecutionRole", "Effect": "Allow", "Action": n.role, "Resource": names.role_arn(account)}),
+        json!({"Sid": "AuthorizerFunction", "Effect": "Allow", "Action": n.function, "Resource": names.function_arn(region, account)}),
+        json!({"Sid": "Authorizer", "Effect": "Allow", "Action": n.authorizer, "Resource": names.authorizer_arn(region, account)}),
+        // The default authorizer and the endpoint are account-wide: these actions take no resource.
+        json!({"Sid": "AccountWideIot", "Effect": "Allow", "Action": n.account, "Resource": "*"}),
+    ];
+    if n.pass_role {
+        statements.push(json!({
+            "Sid": "PassRoleToLambdaOnly", "Effect": "Allow", "Action": "iam:PassRole",
+            "Resource": names.role_arn(account),
+            "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}
+        }));
+        if matches!(command, For::Setup | For::All) {
+            // Attaching is limited to the one managed policy the role needs.
+            statements[0] = json!({"Sid": "ExecutionRole", "Effect": "Allow", "Action": n.role.iter().filter(|a| **a != "iam:AttachRolePolicy").collect::<Vec<_>>(), "Resource": names.role_arn(account)});
+            statements.push(json!({
+                "Sid": "AttachBasicExecutionOnly", "Effect": "Allow", "Action": "iam:AttachRolePolicy",
+                "Resource": names.role_arn(account),
+                "Condition": {"ArnEquals": {"iam:PolicyARN": BASIC_EXECUTION_POLICY_ARN}}
+            }));
+        }
+    }
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+#[derive(Serialize)]
+struct Printed(Value);
+
+impl fmt::Display for Printed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}",
+            serde_json::to_string_pretty(&self.0).map_err(|_| fmt::Error)?
+        )
+    }
+}
+
+pub async fn run(app: &App, args: IamPolicyArgs) -> Result<u8> {
+    let config = app.config()?;
+    let names = app.names(&config)?;
+    let clients = app.clients().await?;
+    let account = match args.account {
+        Some(a) => a,
+        None => crate::aws::identity(clients).await?.account,
+    };
+    app.print(&Printed(document(
+        args.for_command,
+        &names,
+        &clients.region,
+        &account,
+    )));
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actions(doc: &Value) -> Vec<String> {
+        doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| match &s["Action"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(a) => a.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn status_is_read_only() {
+        let doc = document(
+            For::Status,
+            &Names::new("d").unwrap(),
+            "eu-west-1",
+            "111122223333",
+        );
+        for a in actions(&doc) {
+            let op = a.split(':').nth(1).unwrap();
+            assert!(
+                ["Get", "List", "Describe", "TestInvoke"]
+                    .iter()
+                    .any(|p| op.starts_with(p)),
+                "{a}"
+            );
+        }
+    }
+
+    #[test]
+    fn pass_role_is_limited_to_lambda() {
+        let doc = document(
+            For::Setup,
+            &Names::new("d").unwrap(),
+            "eu-west-1",
+            "111122223333",
+        );
+        let pass = doc["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["Action"] == "iam:PassRole")
+            .unwrap();
+        assert_eq!(
+            pass["Condition"]["StringEquals"]["iam:PassedToService"],
+            "lambda.amazonaws.com"
+        );
+        assert_eq!(
+            pass["Resource"],
+            "arn:aws:iam::111122223333:role/d-authorizer-role"
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! The config file: deployment settings and the devices the authorizer serves.
+//!
+//! Read with `toml` + serde (errors point at the line), edited with `toml_edit` so that a user's
+//! comments and layout survive `device add` / `device remove`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Failure;
+use crate::policy;
+
+pub const RUNTIMES: &[&str] = &["nodejs22.x", "nodejs24.x"];
+pub const DEFAULT_RUNTIME: &str = "nodejs22.x";
+/// IoT's limit on an authorizer function's run time.
+pub const MAX_TIMEOUT_SECONDS: i32 = 5;
+/// IoT's bounds for refreshAfterInSeconds and disconnectAfterInSeconds.
+pub const MIN_SESSION_SECONDS: u32 = 300;
+pub const MAX_SESSION_SECONDS: u32 = 86_400;
+/// Longest username / client ID we accept: IoT's principalId and client ID limits are 128.
+const MAX_ID_LEN: usize = 128;
+/// IoT's topic limits: 256 bytes, at most 7 forward slashes.
+const MAX_TOPIC_BYTES: usize = 256;
+const MAX_TOPIC_SLASHES: usize = 7;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub deployment: Deployment,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Deployment {
+    /// Deployment name (overridden by --name).
+    pub name: Option<String>,
+    pub runtime: String,
+    pub memory_mb: i32,
+    pub timeout_seconds: i32,
+    pub refresh_after_seconds: u32,
+    pub disconnect_after_seconds: u32,
+    /// Make our authorizer the account's default (devices then need no authorizer name).
+    pub default_authorizer: bool,
+    /// Your own authorizer (a directory or a .zip) instead of the bundled one.
+    pub code: Option<PathBuf>,
+    /// Handler of your own authorizer (`file.export`).
+    pub handler: String,
+}
+
+impl Default for Deployment {
+    fn default() -> Self {
+        Self {
+            name: None,
+            runtime: DEFAULT_RUNTIME.to_string(),
+            memory_mb: 128,
+            timeout_seconds: MAX_TIMEOUT_SECONDS,
+            refresh_after_seconds: MIN_SESSION_SECONDS,
+            disconnect_after_seconds: MAX_SESSION_SECONDS,
+            default_authorizer: true,
+            code: None,
+            handler: "index.handler".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub username: String,
+    /// `sha256:<salt base64>:<hash base64>`; never the password.
+    pub password_verifier: String,
+    #[serde(default)]
+    pub client_ids: Vec<String>,
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+impl Device {
+    /// Client IDs the device may connect as: the username unless listed.
+    pub fn client_ids(&self) -> Vec<String> {
+        if self.client_ids.is_empty() {
+            vec![self.username.clone()]
+        } else {
+            self.client_ids.clone()
+        }
+    }
+
+    /// Topics the device may publish to: `telemetry/<client id>` unless listed (the recipe's).
+    pub fn publish(&self) -> Vec<String> {
+        if self.publish.is_empty() {
+            self.client_ids()
+                .iter()
+                .map(|c| format!("telemetry/{c}"))
+                .collect()
+        } else {
+            self.publish.clone()
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the config file. A missing file is an empty config.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            Failure::usage(
+                format!("{} is not a valid config file: {e}", path.display()),
+                "fix the file (README's \"Config reference\" lists every key)",
+            )
+        })?;
+        config.validate().map_err(|e| {
+            anyhow::Error::new(Failure::usage(
+                format!("{}: {e:#}", path.display()),
+                "fix the file, or use `iot-custom-auth device add/remove`",
+            ))
+        })?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.deployment;
+        if !RUNTIMES.contains(&d.runtime.as_str()) {
+            bail!(
+                "deployment.runtime `{}` is not supported; use one of {}",
+                d.runtime,
+                RUNTIMES.join(", ")
+            );
+        }
+        if !(1..=MAX_TIMEOUT_SECONDS).contains(&d.timeout_seconds) {
+            bail!(
+                "deployment.timeout_seconds must be 1..={MAX_TIMEOUT_SECONDS} (IoT stops waiting for an authorizer after 5 s)"
+            );
+        }
+        if !(128..=10_240).contains(&d.memory_mb) {
+            bail!("deployment.memory_mb must be 128..=10240 (Lambda's range)");
+        }
+        for (key, v) in [
+            ("refresh_after_seconds", d.refresh_after_seconds),
+            ("disconnect_after_seconds", d.disconnect_after_seconds),
+        ] {
+            if !(MIN_SESSION_SECONDS..=MAX_SESSION_SECONDS).contains(&v) {
+                bail!(
+                    "deployment.{key} must be {MIN_SESSION_SECONDS}..={MAX_SESSION_SECONDS} (IoT's bounds)"
+                );
+            }
+        }
+        let mut usernames = HashMap::new();
+        let mut principals = HashMap::new();
+        let mut client_owner = HashMap::new();
+        for device in &self.devices {
+            validate_device(device).with_context(|| format!("device `{}`", device.username))?;
+            if usernames.insert(device.username.as_str(), ()).is_some() {
+                bail!("device `{}` is declared twice", device.username);
+            }
+            let principal = principal_id(&device.username);
+            if let Some(other) = principals.insert(principal.clone(), device.username.as_str()) {
+                bail!(
+                    "devices `{other}` and `{}` would share the principal id `{principal}` \
+                     (IoT allows only letters and digits in it); rename one",
+                    device.username
+                );
+            }
+            for id in device.client_ids() {
+                if let Some(other) = client_owner.insert(id.clone(), device.username.as_str()) {
+                    bail!(
+                        "client ID `{id}` is claimed by devices `{other}` and `{}`; a second \
+                         connection with the same client ID disconnects the first",
+                        device.username
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn device(&self, username: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.username == username)
+    }
+}
+
+/// The principal id IoT will see for a username: its letters and digits.
+pub fn principal_id(username: &str) -> String {
+    username
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(MAX_ID_LEN)
+        .collect()
+}
+
+fn validate_device(device: &Device) -> Result<()> {
+    validate_username(&device.username)?;
+    crate::verifier::parse(&device.password_verifier)
+        .context("password_verifier is not a verifier written by this tool")?;
+    for id in device.client_ids() {
+        validate_client_id(&id)?;
+    }
+    for topic in device.publish() {
+        validate_topic(&topic, false)?;
+    }
+    for filter in &device.subscribe {
+        validate_topic(filter, true)?;
+    }
+    policy::check_fits(device)
+}
+
+/// Usernames reach the authorizer inside the MQTT username, before any `?query`.
+pub fn validate_username(username: &str) -> Result<()> {
+    let ok_chars = username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if username.is_empty() || username.len() > MAX_ID_LEN || !ok_chars {
+        bail!(
+            "username `{username}` must be 1 to {MAX_ID_LEN} characters of letters, digits, \
+             `-`, `_`, `.` or `@` (a `?` would be cut off by the authorizer)"
+        );
+    }
+    if !username.chars().any(|c| c.is_ascii_alphanumeric()) {
+        bail!("username `{username}` needs at least one letter or digit (IoT's principal id)");
+    }
+    Ok(())
+}
+
+/// Client IDs end up in policy ARNs, where `*`, `?` and `${` have meanings; keep to safe ones.
+pub fn validate_client_id(id: &str) -> Result<()> {
+    let ok_chars = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
+    if id.is_empty() || id.len() > MAX_ID_LEN || !ok_chars {
+        bail!(
+            "client ID `{id}` must be 1 to {MAX_ID_LEN} characters of letters, digits, `-`, `_`, \
+             `.`, `:` or `@`"
+        );
+    }
+    Ok(())
+}
+
+/// A topic (publish) or topic filter (subscribe), checked against MQTT's and IoT's rules and
+/// against what would change meaning inside a policy (`*`, `?`, `${`).
+pub fn validate_topic(topic: &str, filter: bool) -> Result<()> {
+    let kind = if filter { "topic filter" } else { "topic" };
+    if topic.is_empty() || topic.len() > MAX_TOPIC_BYTES {
+        bail!("{kind} `{topic}` must be 1 to {MAX_TOPIC_BYTES} bytes");
+    }
+    if topic.matches('/').count() > MAX_TOPIC_SLASHES {
+        bail!("{kind} `{topic}` has more than {MAX_TOPIC_SLASHES} `/` (IoT's limit)");
+    }
+    if topic.contains(['*', '?']) || topic.contains("${") || topic.chars().any(char::is_control) {
+        bail!(
+            "{kind} `{topic}` contains `*`, `?`, `${{` or a control character, which IoT policies would read as wildcards or variables"
+        );
+    }
+    let levels: Vec<&str> = topic.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        let wild = level.contains(['+', '#']);
+        if !filter && wild {
+            bail!(
+                "topic `{topic}` contains an MQTT wildcard; publish topics must be exact (use --subscribe for filters)"
+            );
+        }
+        if filter && wild {
+            let whole_level = *level == "+" || (*level == "#" && i == levels.len() - 1);
+            if !whole_level {
+                bail!(
+                    "topic filter `{topic}`: `+` must fill a whole level and `#` must be the last level"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(username: &str) -> Device {
+        Device {
+            username: username.into(),
+            password_verifier: crate::verifier::make("x".repeat(30).as_bytes()),
+            client_ids: vec![],
+            publish: vec![],
+            subscribe: vec![],
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_manual_recipe() {
+        let d = device("sensor1");
+        assert_eq!(d.client_ids(), vec!["sensor1"]);
+        assert_eq!(d.publish(), vec!["telemetry/sensor1"]);
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[deployment]\nruntime = \"nodejs22.x\"\nmemory_mb = = 3\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[deployment]\nruntme = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("runtme"), "{err}");
+    }
+
+    #[test]
+    fn principal_collisions_and_shared_client_ids_are_refused() {
+        let mut c = Config::default();
+        c.devices = vec![device("a-b"), device("ab")];
+        assert!(format!("{:#}", c.validate().unwrap_err()).contains("principal id"));
+        let mut other = device("b");
+        other.client_ids = vec!["a".into()];
+        c.devices = vec![device("a"), other];
+        assert!(format!("{:#}", c.validate().unwrap_err()).contains("client ID `a`"));
+    }
+
+    #[test]
+    fn usernames_and_topics() {
+        assert!(validate_username("sensor-01.eu@fleet").is_ok());
+        for bad in ["", "a?b", "a b", "---", &"a".repeat(129)] {
+            assert!(validate_username(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_topic("telemetry/s1", false).is_ok());
+        assert!(validate_topic("$aws/things/s1/shadow/update", false).is_ok());
+        assert!(validate_topic("cmd/+/x/#", true).is_ok());
+        for (bad, filter) in [
+            ("a/+", false),
+            ("a/#/b", true),
+            ("a/b+", true),
+            ("a/*", false),
+            ("a/${iot:ClientId}", false),
+            ("a/b/c/d/e/f/g/h/i", false),
+            ("", false),
+        ] {
+            assert!(validate_topic(bad, filter).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn session_bounds_are_iots() {
+        let mut c = Config::default();
+        c.deployment.refresh_after_seconds = 299;
+        assert!(c.validate().is_err());
+        c.deployment.refresh_after_seconds = 300;
+        c.deployment.timeout_seconds = 6;
+        assert!(c.validate().is_err());
+    }
+}

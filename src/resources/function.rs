@@ -1,0 +1,359 @@
+//! The authorizer Lambda function: deterministic code, a supported Node.js runtime, a timeout
+//! within IoT's 5 s, our role.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use aws_sdk_lambda::Client;
+use aws_sdk_lambda::client::Waiters as _;
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::{FunctionCode, LastUpdateStatus, Runtime, State};
+
+use crate::app::App;
+use crate::error::{AwsResultExt, Failure};
+use crate::names::{Names, OWNER_TAG, owned_by};
+use crate::resources::Desired;
+
+/// How long `setup` keeps retrying CreateFunction while IAM propagates a new role. AWS gives no
+/// bound; seconds are typical, tools wait 1 to 5 minutes (aws-facts.md §5).
+pub const ROLE_PROPAGATION_BUDGET: Duration = Duration::from_secs(90);
+/// Bound on waiting for `Active` / `LastUpdateStatus: Successful`.
+const READY_BUDGET: Duration = Duration::from_secs(300);
+
+/// Runtimes Lambda has deprecated or blocked (aws-facts.md §7).
+pub const DEPRECATED_RUNTIMES: &[&str] = &[
+    "nodejs20.x",
+    "nodejs18.x",
+    "nodejs16.x",
+    "nodejs14.x",
+    "nodejs12.x",
+];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub arn: String,
+    pub runtime: String,
+    pub handler: String,
+    pub timeout: i32,
+    pub memory_mb: i32,
+    pub role: String,
+    pub code_sha256: String,
+    pub state: String,
+    pub last_update_status: String,
+    pub owned: bool,
+}
+
+pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
+    let out = match lambda
+        .get_function()
+        .function_name(&names.function)
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).aws("lambda:GetFunction"),
+    };
+    let c = out
+        .configuration()
+        .context("GetFunction returned no configuration")?;
+    let owned = out.tags().is_some_and(|t| {
+        owned_by(
+            t.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &names.deployment,
+        )
+    });
+    Ok(Some(Observed {
+        arn: c.function_arn().unwrap_or_default().to_string(),
+        runtime: c
+            .runtime()
+            .map(|r| r.as_str().to_string())
+            .unwrap_or_default(),
+        handler: c.handler().unwrap_or_default().to_string(),
+        timeout: c.timeout().unwrap_or_default(),
+        memory_mb: c.memory_size().unwrap_or_default(),
+        role: c.role().unwrap_or_default().to_string(),
+        code_sha256: c.code_sha256().unwrap_or_default().to_string(),
+        state: c
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        last_update_status: c
+            .last_update_status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        owned,
+    }))
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub create: bool,
+    pub update_code: bool,
+    /// Configuration fields that differ, by name.
+    pub update_config: Vec<&'static str>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        *self == Plan::default()
+    }
+
+    pub fn describe(&self) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.update_code {
+            d.push("code".to_string());
+        }
+        d.extend(self.update_config.iter().map(|f| f.to_string()));
+        d
+    }
+}
+
+/// Pure: which parts of the function differ from what setup would deploy.
+pub fn plan(desired: &Desired, observed: Option<&Observed>) -> Plan {
+    let Some(o) = observed else {
+        return Plan {
+            create: true,
+            ..Plan::default()
+        };
+    };
+    let mut config = Vec::new();
+    if o.runtime != desired.runtime {
+        config.push("runtime");
+    }
+    if o.handler != desired.package.handler {
+        config.push("handler");
+    }
+    if o.timeout != desired.timeout_seconds {
+        config.push("timeout");
+    }
+    if o.memory_mb != desired.memory_mb {
+        config.push("memory");
+    }
+    if o.role != desired.role_arn() {
+        config.push("role");
+    }
+    Plan {
+        create: false,
+        update_code: o.code_sha256 != desired.package.sha256,
+        update_config: config,
+    }
+}
+
+pub async fn apply(app: &App, lambda: &Client, desired: &Desired, plan: &Plan) -> Result<()> {
+    let name = &desired.names.function;
+    if plan.create {
+        create_with_role_retry(app, lambda, desired).await?;
+        wait_active(app, lambda, name).await?;
+        return Ok(());
+    }
+    if plan.update_code || !plan.update_config.is_empty() {
+        // A previous run may have left an update in progress; a second one would conflict.
+        wait_updated(app, lambda, name).await?;
+    }
+    if !plan.update_config.is_empty() {
+        lambda
+            .update_function_configuration()
+            .function_name(name)
+            .runtime(Runtime::from(desired.runtime.as_str()))
+            .handler(&desired.package.handler)
+            .timeout(desired.timeout_seconds)
+            .memory_size(desired.memory_mb)
+            .role(desired.role_arn())
+            .send()
+            .await
+            .aws("lambda:UpdateFunctionConfiguration")?;
+        wait_updated(app, lambda, name).await?;
+    }
+    if plan.update_code {
+        lambda
+            .update_function_code()
+            .function_name(name)
+            .zip_file(Blob::new(desired.package.zip.clone()))
+            .send()
+            .await
+            .aws("lambda:UpdateFunctionCode")?;
+        wait_updated(app, lambda, name).await?;
+    }
+    Ok(())
+}
+
+/// CreateFunction, retried only on the one error that is transient: a role IAM has not yet
+/// propagated to Lambda. Its code is shared with real configuration errors, so the message is
+/// what tells them apart (as Terraform does).
+async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -> Result<()> {
+    let started = Instant::now();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let result = lambda
+            .create_function()
+            .function_name(&desired.names.function)
+            .description(format!(
+                "IoT custom authorizer `{}` (iot-custom-auth)",
+                desired.names.deployment
+            ))
+            .runtime(Runtime::from(desired.runtime.as_str()))
+            .role(desired.role_arn())
+            .handler(&desired.package.handler)
+            .timeout(desired.timeout_seconds)
+            .memory_size(desired.memory_mb)
+            .code(
+                FunctionCode::builder()
+                    .zip_file(Blob::new(desired.package.zip.clone()))
+                    .build(),
+            )
+            .tags(OWNER_TAG, &desired.names.deployment)
+            .send()
+            .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_invalid_parameter_value_exception()
+                        && aws_sdk_lambda::error::ProvideErrorMetadata::message(s)
+                            .is_some_and(|m| m.contains("cannot be assumed"))
+                }) =>
+            {
+                let waited = started.elapsed();
+                if waited + delay > ROLE_PROPAGATION_BUDGET {
+                    bail!(Failure::new(
+                        format!(
+                            "Lambda still cannot assume role {} after {}s",
+                            desired.names.role,
+                            waited.as_secs()
+                        ),
+                        "IAM is slow to propagate new roles; run `setup` again in a minute (it resumes where it stopped)"
+                    ));
+                }
+                app.progress(format!(
+                    "  waiting for IAM to propagate role {} to Lambda ({}s so far, up to {}s)",
+                    desired.names.role,
+                    waited.as_secs(),
+                    ROLE_PROPAGATION_BUDGET.as_secs()
+                ));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+            }
+            Err(e) => {
+                return Err(e)
+                    .aws("lambda:CreateFunction")
+                    .with_context(|| format!("creating function {}", desired.names.function));
+            }
+        }
+    }
+}
+
+async fn wait_active(app: &App, lambda: &Client, name: &str) -> Result<()> {
+    app.progress(format!(
+        "  waiting for function {name} to become Active (up to {}s)",
+        READY_BUDGET.as_secs()
+    ));
+    let out = lambda
+        .wait_until_function_active_v2()
+        .function_name(name)
+        .wait(READY_BUDGET)
+        .await;
+    check_wait(out.is_ok(), lambda, name, "become Active").await
+}
+
+async fn wait_updated(app: &App, lambda: &Client, name: &str) -> Result<()> {
+    app.progress(format!(
+        "  waiting for function {name} to finish updating (up to {}s)",
+        READY_BUDGET.as_secs()
+    ));
+    let out = lambda
+        .wait_until_function_updated_v2()
+        .function_name(name)
+        .wait(READY_BUDGET)
+        .await;
+    check_wait(out.is_ok(), lambda, name, "finish its update").await
+}
+
+/// On a failed wait, reads the function once more to say why (StateReason), not just "failed".
+async fn check_wait(ok: bool, lambda: &Client, name: &str, what: &str) -> Result<()> {
+    if ok {
+        return Ok(());
+    }
+    let out = lambda
+        .get_function()
+        .function_name(name)
+        .send()
+        .await
+        .aws("lambda:GetFunction")?;
+    let c = out.configuration();
+    let state = c
+        .and_then(|c| c.state())
+        .map(State::as_str)
+        .unwrap_or("unknown");
+    let update = c
+        .and_then(|c| c.last_update_status())
+        .map(LastUpdateStatus::as_str)
+        .unwrap_or("unknown");
+    let reason = c
+        .and_then(|c| c.last_update_status_reason().or(c.state_reason()))
+        .unwrap_or("no reason given");
+    bail!(Failure::new(
+        format!(
+            "function {name} did not {what}: State {state}, LastUpdateStatus {update}: {reason}"
+        ),
+        "check the function in the Lambda console or its CloudWatch logs, then run `setup` again"
+    ))
+}
+
+pub async fn delete(lambda: &Client, name: &str) -> Result<()> {
+    match lambda.delete_function().function_name(name).send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).aws("lambda:DeleteFunction"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::tests::desired;
+
+    fn matching(d: &Desired) -> Observed {
+        Observed {
+            arn: d.function_arn(),
+            runtime: d.runtime.clone(),
+            handler: "index.handler".into(),
+            timeout: 5,
+            memory_mb: 128,
+            role: d.role_arn(),
+            code_sha256: "abc=".into(),
+            state: "Active".into(),
+            last_update_status: "Successful".into(),
+            owned: true,
+        }
+    }
+
+    #[test]
+    fn same_function_needs_nothing() {
+        let d = desired();
+        assert!(plan(&d, Some(&matching(&d))).is_empty());
+    }
+
+    #[test]
+    fn each_difference_is_named() {
+        let d = desired();
+        let mut o = matching(&d);
+        o.code_sha256 = "other".into();
+        o.timeout = 30;
+        o.role = "arn:aws:iam::111122223333:role/other".into();
+        let p = plan(&d, Some(&o));
+        assert!(p.update_code);
+        assert_eq!(p.update_config, vec!["timeout", "role"]);
+        assert!(plan(&d, None).create);
+    }
+}

@@ -1,0 +1,180 @@
+//! The function's resource policy statement that lets IoT, and only for our authorizer in our
+//! account, invoke the function.
+
+use anyhow::Result;
+use aws_sdk_lambda::Client;
+use serde_json::Value;
+
+use crate::error::AwsResultExt;
+use crate::names::Names;
+use crate::resources::Desired;
+
+pub const PRINCIPAL: &str = "iot.amazonaws.com";
+pub const ACTION: &str = "lambda:InvokeFunction";
+
+/// Our statement as found in the function's policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub principal: Option<String>,
+    pub action: Option<String>,
+    pub source_arn: Option<String>,
+    pub source_account: Option<String>,
+}
+
+/// Reads our statement (by its deterministic id) from the function's policy. No policy, no
+/// function or no such statement all mean "absent".
+pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
+    let policy = match lambda
+        .get_policy()
+        .function_name(&names.function)
+        .send()
+        .await
+    {
+        Ok(out) => out.policy.unwrap_or_default(),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).aws("lambda:GetPolicy"),
+    };
+    Ok(find_statement(&policy, &names.statement_id))
+}
+
+/// Pure: our statement in a resource policy document.
+pub fn find_statement(policy: &str, sid: &str) -> Option<Observed> {
+    let doc: Value = serde_json::from_str(policy).ok()?;
+    let statement = doc
+        .get("Statement")?
+        .as_array()?
+        .iter()
+        .find(|s| s.get("Sid").and_then(Value::as_str) == Some(sid))?;
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(a)) if a.len() == 1 => a[0].as_str().map(str::to_owned),
+        _ => None,
+    };
+    let principal = statement.get("Principal").and_then(|p| match p {
+        Value::Object(o) => text(o.get("Service")),
+        other => text(Some(other)),
+    });
+    let condition = |op: &str, key: &str| {
+        text(
+            statement
+                .get("Condition")
+                .and_then(|c| c.get(op))
+                .and_then(|c| c.get(key)),
+        )
+    };
+    Some(Observed {
+        principal,
+        action: text(statement.get("Action")),
+        source_arn: condition("ArnLike", "AWS:SourceArn")
+            .or_else(|| condition("ArnEquals", "AWS:SourceArn")),
+        source_account: condition("StringEquals", "AWS:SourceAccount"),
+    })
+}
+
+/// Pure: what is wrong with our statement (empty: nothing).
+pub fn problems(desired: &Desired, observed: Option<&Observed>) -> Vec<String> {
+    let Some(o) = observed else {
+        return vec!["missing".to_string()];
+    };
+    let mut p = Vec::new();
+    let mut expect = |field: &str, got: &Option<String>, want: String| {
+        if got.as_deref() != Some(want.as_str()) {
+            p.push(format!(
+                "{field} is {} (want {want})",
+                got.as_deref().unwrap_or("unset")
+            ));
+        }
+    };
+    expect("principal", &o.principal, PRINCIPAL.to_string());
+    expect("action", &o.action, ACTION.to_string());
+    expect("SourceArn", &o.source_arn, desired.authorizer_arn());
+    expect("SourceAccount", &o.source_account, desired.account.clone());
+    p
+}
+
+/// Adds our statement, replacing a stale one (AWS rejects a duplicate statement id).
+pub async fn apply(lambda: &Client, desired: &Desired, stale: bool) -> Result<()> {
+    if stale {
+        remove(lambda, desired).await?;
+    }
+    lambda
+        .add_permission()
+        .function_name(&desired.names.function)
+        .statement_id(&desired.names.statement_id)
+        .action(ACTION)
+        .principal(PRINCIPAL)
+        .source_arn(desired.authorizer_arn())
+        .source_account(&desired.account)
+        .send()
+        .await
+        .aws("lambda:AddPermission")?;
+    Ok(())
+}
+
+pub async fn remove(lambda: &Client, desired: &Desired) -> Result<()> {
+    match lambda
+        .remove_permission()
+        .function_name(&desired.names.function)
+        .statement_id(&desired.names.statement_id)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).aws("lambda:RemovePermission"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"{"Version":"2012-10-17","Id":"default","Statement":[
+      {"Sid":"other","Effect":"Allow","Principal":{"Service":"s3.amazonaws.com"},"Action":"lambda:InvokeFunction"},
+      {"Sid":"d-iot-invoke","Effect":"Allow","Principal":{"Service":"iot.amazonaws.com"},"Action":"lambda:InvokeFunction",
+       "Resource":"arn:aws:lambda:eu-west-1:111122223333:function:d-authorizer",
+       "Condition":{"ArnLike":{"AWS:SourceArn":"arn:aws:iot:eu-west-1:111122223333:authorizer/d"},
+                    "StringEquals":{"AWS:SourceAccount":"111122223333"}}}]}"#;
+
+    fn desired() -> Desired {
+        crate::resources::tests::desired()
+    }
+
+    #[test]
+    fn our_statement_is_found_and_correct() {
+        let o = find_statement(POLICY, "d-iot-invoke").unwrap();
+        assert!(
+            problems(&desired(), Some(&o)).is_empty(),
+            "{:?}",
+            problems(&desired(), Some(&o))
+        );
+        assert!(find_statement(POLICY, "nope").is_none());
+        assert!(find_statement("not json", "d-iot-invoke").is_none());
+    }
+
+    #[test]
+    fn wrong_source_arn_and_missing_account_are_reported() {
+        let policy = POLICY
+            .replace("authorizer/d\"", "authorizer/other\"")
+            .replace(
+                ",\n                    \"StringEquals\":{\"AWS:SourceAccount\":\"111122223333\"}",
+                "",
+            );
+        let o = find_statement(&policy, "d-iot-invoke").unwrap();
+        let p = problems(&desired(), Some(&o));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("SourceArn"));
+        assert!(p[1].starts_with("SourceAccount is unset"));
+        assert_eq!(problems(&desired(), None), vec!["missing"]);
+    }
+}

@@ -1,0 +1,292 @@
+//! The function's IAM execution role: trusts only `lambda.amazonaws.com`, carries
+//! `AWSLambdaBasicExecutionRole` and nothing else.
+
+use anyhow::{Context as _, Result};
+use aws_sdk_iam::Client;
+use aws_sdk_iam::types::Tag;
+use serde_json::{Value, json};
+
+use crate::error::AwsResultExt;
+use crate::names::{BASIC_EXECUTION_POLICY_ARN, Names, OWNER_TAG, owned_by};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub arn: String,
+    pub trust_policy: Value,
+    pub attached: Vec<String>,
+    pub inline: Vec<String>,
+    pub owned: bool,
+}
+
+pub fn trust_policy() -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": "lambda.amazonaws.com"},
+            "Action": "sts:AssumeRole"
+        }]
+    })
+}
+
+/// True when the trust policy lets Lambda, and only Lambda, assume the role.
+pub fn trusts_only_lambda(doc: &Value) -> bool {
+    let one = |v: &Value, want: &str| match v {
+        Value::String(s) => s == want,
+        Value::Array(a) => a.len() == 1 && a[0] == want,
+        _ => false,
+    };
+    let Some(statements) = doc.get("Statement").and_then(Value::as_array) else {
+        return false;
+    };
+    !statements.is_empty()
+        && statements.iter().all(|s| {
+            s.get("Effect") == Some(&json!("Allow"))
+                && s.get("Action").is_some_and(|a| one(a, "sts:AssumeRole"))
+                && s.get("Principal")
+                    .and_then(Value::as_object)
+                    .is_some_and(|p| {
+                        p.len() == 1
+                            && p.get("Service")
+                                .is_some_and(|v| one(v, "lambda.amazonaws.com"))
+                    })
+        })
+}
+
+pub async fn read(iam: &Client, names: &Names) -> Result<Option<Observed>> {
+    let role = match iam.get_role().role_name(&names.role).send().await {
+        Ok(out) => out.role.context("GetRole returned no role")?,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_no_such_entity_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).aws("iam:GetRole"),
+    };
+    let (attached, inline) = tokio::try_join!(
+        async {
+            iam.list_attached_role_policies()
+                .role_name(&names.role)
+                .send()
+                .await
+                .aws("iam:ListAttachedRolePolicies")
+        },
+        async {
+            iam.list_role_policies()
+                .role_name(&names.role)
+                .send()
+                .await
+                .aws("iam:ListRolePolicies")
+        }
+    )?;
+    // IAM returns the trust policy URL-encoded.
+    let raw = role.assume_role_policy_document().unwrap_or_default();
+    let decoded = urlencoding::decode(raw)
+        .map(|c| c.into_owned())
+        .unwrap_or_else(|_| raw.to_string());
+    Ok(Some(Observed {
+        arn: role.arn().to_string(),
+        trust_policy: serde_json::from_str(&decoded).unwrap_or(Value::Null),
+        attached: attached
+            .attached_policies()
+            .iter()
+            .filter_map(|p| p.policy_arn().map(str::to_owned))
+            .collect(),
+        inline: inline.policy_names().to_vec(),
+        owned: owned_by(
+            role.tags().iter().map(|t| (t.key(), t.value())),
+            &names.deployment,
+        ),
+    }))
+}
+
+/// The changes that bring an existing role to the desired state (empty: nothing to do).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub create: bool,
+    pub update_trust: bool,
+    pub attach_basic: bool,
+    pub detach: Vec<String>,
+    pub delete_inline: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        *self == Plan::default()
+    }
+
+    pub fn describe(&self) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.update_trust {
+            d.push("trust policy reset to lambda.amazonaws.com only".to_string());
+        }
+        if self.attach_basic {
+            d.push("attach AWSLambdaBasicExecutionRole".to_string());
+        }
+        d.extend(self.detach.iter().map(|p| format!("detach {p}")));
+        d.extend(
+            self.delete_inline
+                .iter()
+                .map(|p| format!("delete inline policy {p}")),
+        );
+        d
+    }
+}
+
+/// Pure: what to change. An existing role that is not ours must be handled by the caller.
+pub fn plan(observed: Option<&Observed>) -> Plan {
+    let Some(o) = observed else {
+        return Plan {
+            create: true,
+            attach_basic: true,
+            ..Plan::default()
+        };
+    };
+    Plan {
+        create: false,
+        update_trust: !trusts_only_lambda(&o.trust_policy),
+        attach_basic: !o.attached.iter().any(|a| a == BASIC_EXECUTION_POLICY_ARN),
+        detach: o
+            .attached
+            .iter()
+            .filter(|a| *a != BASIC_EXECUTION_POLICY_ARN)
+            .cloned()
+            .collect(),
+        delete_inline: o.inline.clone(),
+    }
+}
+
+pub async fn apply(iam: &Client, names: &Names, plan: &Plan) -> Result<()> {
+    let policy = trust_policy().to_string();
+    if plan.create {
+        iam.create_role()
+            .role_name(&names.role)
+            .description(format!(
+                "Execution role of the IoT custom authorizer `{}` (iot-custom-auth)",
+                names.deployment
+            ))
+            .assume_role_policy_document(&policy)
+            .tags(
+                Tag::builder()
+                    .key(OWNER_TAG)
+                    .value(&names.deployment)
+                    .build()?,
+            )
+            .send()
+            .await
+            .aws("iam:CreateRole")
+            .with_context(|| format!("creating role {}", names.role))?;
+    }
+    if plan.update_trust {
+        iam.update_assume_role_policy()
+            .role_name(&names.role)
+            .policy_document(&policy)
+            .send()
+            .await
+            .aws("iam:UpdateAssumeRolePolicy")?;
+    }
+    if plan.attach_basic {
+        iam.attach_role_policy()
+            .role_name(&names.role)
+            .policy_arn(BASIC_EXECUTION_POLICY_ARN)
+            .send()
+            .await
+            .aws("iam:AttachRolePolicy")?;
+    }
+    detach_all(iam, names, &plan.detach, &plan.delete_inline).await
+}
+
+async fn detach_all(
+    iam: &Client,
+    names: &Names,
+    attached: &[String],
+    inline: &[String],
+) -> Result<()> {
+    for arn in attached {
+        iam.detach_role_policy()
+            .role_name(&names.role)
+            .policy_arn(arn)
+            .send()
+            .await
+            .aws("iam:DetachRolePolicy")?;
+    }
+    for name in inline {
+        iam.delete_role_policy()
+            .role_name(&names.role)
+            .policy_name(name)
+            .send()
+            .await
+            .aws("iam:DeleteRolePolicy")?;
+    }
+    Ok(())
+}
+
+/// Detaches every policy, then deletes the role (IAM refuses while policies are attached).
+pub async fn delete(iam: &Client, names: &Names, observed: &Observed) -> Result<()> {
+    detach_all(iam, names, &observed.attached, &observed.inline).await?;
+    match iam.delete_role().role_name(&names.role).send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_no_such_entity_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).aws("iam:DeleteRole"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed() -> Observed {
+        Observed {
+            arn: "arn".into(),
+            trust_policy: trust_policy(),
+            attached: vec![BASIC_EXECUTION_POLICY_ARN.into()],
+            inline: vec![],
+            owned: true,
+        }
+    }
+
+    #[test]
+    fn a_correct_role_needs_nothing() {
+        assert!(plan(Some(&observed())).is_empty());
+    }
+
+    #[test]
+    fn a_missing_role_is_created_with_the_basic_policy() {
+        let p = plan(None);
+        assert!(p.create && p.attach_basic && !p.update_trust);
+    }
+
+    #[test]
+    fn drift_is_repaired_item_by_item() {
+        let mut o = observed();
+        o.attached = vec!["arn:aws:iam::aws:policy/AdministratorAccess".into()];
+        o.inline = vec!["extra".into()];
+        o.trust_policy = json!({"Statement":[{"Effect":"Allow","Principal":{"Service":["lambda.amazonaws.com","ec2.amazonaws.com"]},"Action":"sts:AssumeRole"}]});
+        let p = plan(Some(&o));
+        assert!(p.update_trust && p.attach_basic);
+        assert_eq!(
+            p.detach,
+            vec!["arn:aws:iam::aws:policy/AdministratorAccess"]
+        );
+        assert_eq!(p.delete_inline, vec!["extra"]);
+    }
+
+    #[test]
+    fn trust_policy_shapes() {
+        assert!(trusts_only_lambda(&trust_policy()));
+        assert!(trusts_only_lambda(
+            &json!({"Statement":[{"Effect":"Allow","Principal":{"Service":["lambda.amazonaws.com"]},"Action":["sts:AssumeRole"]}]})
+        ));
+        assert!(!trusts_only_lambda(
+            &json!({"Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]})
+        ));
+        assert!(!trusts_only_lambda(&json!({"Statement":[]})));
+        assert!(!trusts_only_lambda(&Value::Null));
+    }
+}
