@@ -1,0 +1,194 @@
+//! Test harness for the local AWS stand-in (`standin/server.py`).
+//!
+//! Each `StandIn` is one server process with its own state, so tests can run in
+//! parallel. The server exits when its stdin closes, which happens when this
+//! process dies for any reason; `Drop` also kills it explicitly.
+
+// Each test binary uses only part of this helper.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+const PYTHON_VAR: &str = "IOT_CUSTOM_AUTH_TEST_PYTHON";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REGION: &str = "us-east-1";
+pub const ACCOUNT_ID: &str = "123456789012";
+
+/// One API call as the stand-in recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// "iam", "lambda", "iot" or "sts".
+    pub service: String,
+    /// AWS operation name, e.g. "CreateAuthorizer".
+    pub operation: String,
+    /// False for Get*/List*/Describe*/TestInvoke*/GetCallerIdentity.
+    pub mutating: bool,
+    /// HTTP status answered (including injected failures).
+    pub status: u16,
+}
+
+pub struct StandIn {
+    child: Child,
+    url: String,
+    addr: String,
+}
+
+impl StandIn {
+    /// Start a stand-in with real-AWS delays (see `standin/README.md`).
+    pub fn start() -> StandIn {
+        Self::start_with(&[])
+    }
+
+    /// Start a stand-in with extra `server.py` flags, e.g. `&["--no-aws-delays"]`.
+    pub fn start_with(args: &[&str]) -> StandIn {
+        let python = std::env::var(PYTHON_VAR).unwrap_or_else(|_| {
+            panic!(
+                "{PYTHON_VAR} is not set: run the tests through `scripts/test`, which installs \
+                 the stand-in's Python environment and sets it"
+            )
+        });
+        let manifest_dir = env!("CARGO_MANIFEST_DIR");
+        let mut child = Command::new(&python)
+            .arg(Path::new(manifest_dir).join("standin/server.py"))
+            .args(["--port", "0"])
+            .args(args)
+            .current_dir(manifest_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the stand-in with {python}: {e}"));
+        let url = read_url(&mut child);
+        let addr = url.trim_start_matches("http://").to_string();
+        StandIn { child, url, addr }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Every AWS call served so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        let body = self.control("GET", "/_standin/calls", "");
+        let list: serde_json::Value = serde_json::from_str(&body).expect("calls is JSON");
+        list.as_array()
+            .expect("calls is a list")
+            .iter()
+            .map(|c| Call {
+                service: c["service"].as_str().unwrap_or_default().to_string(),
+                operation: c["operation"].as_str().unwrap_or_default().to_string(),
+                mutating: c["mutating"].as_bool().unwrap_or_default(),
+                status: c["status"].as_u64().unwrap_or_default() as u16,
+            })
+            .collect()
+    }
+
+    pub fn clear_calls(&self) {
+        self.control("DELETE", "/_standin/calls", "");
+    }
+
+    /// Merge into the current behaviour, e.g.
+    /// `json!({"throttle": {"iot:CreateAuthorizer": 2}, "role_propagation_seconds": 0.5})`.
+    pub fn set_behaviour(&self, behaviour: serde_json::Value) {
+        self.control("POST", "/_standin/behaviour", &behaviour.to_string());
+    }
+
+    /// Wipe all AWS state, the call record and the behaviour back to start-up values.
+    pub fn reset(&self) {
+        self.control("POST", "/_standin/reset", "");
+    }
+
+    /// Environment for running the CLI binary against this stand-in. Profile files
+    /// point nowhere, so a developer's own AWS configuration cannot leak in.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let nowhere = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/standin-no-aws-config");
+        let nowhere = nowhere.to_string_lossy().into_owned();
+        [
+            ("AWS_ENDPOINT_URL", self.url.as_str()),
+            ("AWS_REGION", REGION),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_PROFILE", "default"),
+            ("AWS_CONFIG_FILE", nowhere.as_str()),
+            ("AWS_SHARED_CREDENTIALS_FILE", nowhere.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// SDK configuration for driving the AWS SDK clients against this stand-in,
+    /// with the SDK's default (standard, 3 attempts) retry.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.url)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_sts::config::Credentials::new(
+                "test", "test", None, None, "standin",
+            ))
+            .load()
+            .await
+    }
+
+    /// One control-API request over plain HTTP/1.0; panics on a non-200 answer.
+    fn control(&self, method: &str, path: &str, body: &str) -> String {
+        let mut stream = TcpStream::connect(&self.addr).expect("connect to the stand-in");
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .expect("send to the stand-in");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read from the stand-in");
+        let (head, payload) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head.split_whitespace().nth(1).unwrap_or("?");
+        assert_eq!(status, "200", "{method} {path} failed: {response}");
+        payload.to_string()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait for the `STANDIN_URL=` line, then keep draining stdout on a thread so
+/// the server can never block on a full pipe.
+fn read_url(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok);
+        let _ = sender.send(first);
+        lines.for_each(drop);
+    });
+    match receiver.recv_timeout(START_TIMEOUT) {
+        Ok(Some(line)) if line.starts_with("STANDIN_URL=") => {
+            line["STANDIN_URL=".len()..].trim().to_string()
+        }
+        Ok(other) => {
+            let _ = child.kill();
+            panic!("the stand-in did not announce its URL; it printed {other:?}")
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the stand-in did not start within {START_TIMEOUT:?}")
+        }
+    }
+}
