@@ -73,8 +73,9 @@ impl App {
 pub fn init_logging(global: &GlobalArgs) {
     let filter = match (global.quiet, global.verbose) {
         (true, _) => "error",
-        (_, 0) => "warn",
-        (_, 1) => "warn,iot_custom_auth=debug",
+        // aws_config warns about absent optional files; that is not the user's problem.
+        (_, 0) => "warn,aws_config=error,aws_runtime=error",
+        (_, 1) => "warn,aws_config=error,aws_runtime=error,iot_custom_auth=debug",
         _ => "warn,iot_custom_auth=trace,aws_config=debug,aws_smithy_runtime=debug",
     };
     tracing_subscriber::fmt()

@@ -103,8 +103,12 @@ where
             if let Some(cred) =
                 find_source::<aws_credential_types::provider::error::CredentialsError>(&err)
             {
+                // The provider chain's text lists every source it tried, one per line: useful
+                // with -v, noise otherwise.
+                tracing::debug!("credentials: {}", source_chain(cred));
                 return Failure::new(
-                    format!("no usable AWS credentials: {}", source_chain(cred)),
+                    "no usable AWS credentials found (tried the environment, profiles, web \
+                     identity, ECS and EC2 instance metadata)",
                     "configure credentials (aws configure, aws sso login, AWS_PROFILE, or \
                      AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
                 )

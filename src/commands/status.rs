@@ -172,11 +172,17 @@ pub fn checks(desired: &Desired, observed: &Observed) -> Vec<Check> {
                 format!("state is {}", f.state),
                 "wait, or check the function's StateReason in the Lambda console",
             ));
+            // An update still running is not a failure: the previous code keeps serving until
+            // it completes, and CI often checks right after a deploy.
             out.push(check(
                 "function.last_update",
-                f.last_update_status == "Successful",
-                "Successful",
-                format!("last update is {}", f.last_update_status),
+                f.last_update_status != "Failed",
+                if f.last_update_status == "InProgress" {
+                    "InProgress (an update is running)".to_string()
+                } else {
+                    f.last_update_status.clone()
+                },
+                "the last update Failed: Lambda kept the previous code",
                 SETUP,
             ));
             let deprecated = function::DEPRECATED_RUNTIMES.contains(&f.runtime.as_str());

@@ -20,13 +20,21 @@ pub struct Run {
 impl Run {
     /// The stdout parsed as JSON (for `--output json` runs).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     #[track_caller]
     pub fn expect(self, code: i32) -> Self {
-        assert_eq!(self.code, code, "exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -43,7 +51,10 @@ impl Cli {
     }
 
     pub fn with_env(env: Vec<(String, String)>) -> Self {
-        Self { dir: tempfile::tempdir().expect("temp dir"), env }
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            env,
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
