@@ -261,3 +261,144 @@ mod tests {
         );
     }
 }
+
+/// The Rust side (verifiers, device data, policy packing) against the real authorizer under the
+/// real `node`: what the CLI writes, the authorizer must read the same way.
+#[cfg(test)]
+mod cross_language {
+    use super::*;
+    use crate::policy;
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+    use std::process::{Command, Stdio};
+
+    const PREFIX: &str = "arn:aws:iot:eu-central-1:111122223333";
+    const PASSWORD: &str = "Zq8x3Lr5Tb7Nc2Vm9Kd4Hw6J";
+
+    fn device(
+        username: &str,
+        client_ids: &[&str],
+        publish: Vec<String>,
+        subscribe: &[&str],
+    ) -> Device {
+        Device {
+            username: username.into(),
+            password_verifier: crate::verifier::make(PASSWORD.as_bytes()),
+            client_ids: client_ids.iter().map(|s| s.to_string()).collect(),
+            publish,
+            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Unzips the package and runs each event through its handler under node.
+    fn invoke(package: &Package, events: &[Value]) -> Vec<Value> {
+        let dir = tempfile::tempdir().unwrap();
+        ZipArchive::new(Cursor::new(&package.zip))
+            .unwrap()
+            .extract(dir.path())
+            .unwrap();
+        // console.log goes to stderr here, as Lambda sends it to CloudWatch, not the caller.
+        let script = r#"
+            console.log = (...a) => process.stderr.write(a.join(' ') + '\n');
+            const { handler } = await import(process.argv[1]);
+            let input = '';
+            for await (const chunk of process.stdin) input += chunk;
+            const out = [];
+            for (const e of JSON.parse(input)) out.push(await handler(e, {}));
+            process.stdout.write(JSON.stringify(out));
+        "#;
+        let node = std::env::var("IOT_CUSTOM_AUTH_NODE").unwrap_or_else(|_| "node".into());
+        let index = format!("file://{}", dir.path().join("index.mjs").display());
+        let mut child = Command::new(&node)
+            .args(["--input-type=module", "-e", script, &index])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("running {node} (set IOT_CUSTOM_AUTH_NODE or put node on PATH): {e}")
+            });
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(serde_json::to_string(events).unwrap().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "node failed");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn event(username: &str, password: &str, client_id: &str) -> Value {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(password);
+        json!({"protocols": ["tls", "mqtt"], "protocolData": {"tls": {"serverName": "x-ats.iot.eu-central-1.amazonaws.com"},
+               "mqtt": {"username": username, "password": b64, "clientId": client_id}}, "connectionMetadata": {"id": "c1"}})
+    }
+
+    #[test]
+    fn the_authorizer_accepts_rust_verifiers_and_builds_the_same_policies() {
+        let long_topics: Vec<String> = (0..30)
+            .map(|i| format!("fleet/{i:02}/{}", "m".repeat(70)))
+            .collect();
+        let mut config = Config::default();
+        config.devices = vec![
+            device("sensor1", &[], vec![], &[]),
+            device(
+                "gw-01.eu@fleet",
+                &["gw-01", "gw-01-backup"],
+                vec!["data/gw".into()],
+                &["cmd/+/gw-01/#"],
+            ),
+            device("big", &[], long_topics, &[]),
+        ];
+        config.validate().unwrap();
+        let package = build(&config, None, PREFIX).unwrap();
+        let cases = [
+            ("sensor1", PASSWORD, "sensor1", true),
+            (
+                "sensor1?x-amz-customauthorizer-name=a&SDK=Rust",
+                PASSWORD,
+                "sensor1",
+                true,
+            ),
+            ("gw-01.eu@fleet", PASSWORD, "gw-01-backup", true),
+            ("big", PASSWORD, "big", true),
+            ("sensor1", "Zq8x3Lr5Tb7Nc2Vm9Kd4Hw6j", "sensor1", false),
+            ("sensor1", PASSWORD, "other", false),
+            ("nobody", PASSWORD, "nobody", false),
+        ];
+        let events: Vec<Value> = cases.iter().map(|(u, p, c, _)| event(u, p, c)).collect();
+        let results = invoke(&package, &events);
+        for ((user, _, client_id, allowed), result) in cases.iter().zip(&results) {
+            assert_eq!(
+                result["isAuthenticated"], *allowed,
+                "{user} as {client_id}: {result}"
+            );
+            if !allowed {
+                assert_eq!(result, &json!({"isAuthenticated": false}));
+                continue;
+            }
+            let base = user.split('?').next().unwrap();
+            let device = config.device(base).unwrap();
+            let expected: Vec<String> = policy::documents(PREFIX, client_id, device)
+                .unwrap()
+                .iter()
+                .map(|d| d.to_json())
+                .collect();
+            let actual: Vec<String> = result["policyDocuments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| serde_json::to_string(d).unwrap())
+                .collect();
+            assert_eq!(actual, expected, "{user}: byte-for-byte policy");
+            assert_eq!(result["principalId"], crate::config::principal_id(base));
+            assert_eq!(result["refreshAfterInSeconds"], 300);
+            assert_eq!(result["disconnectAfterInSeconds"], 86400);
+        }
+        assert!(
+            results[3]["policyDocuments"].as_array().unwrap().len() > 1,
+            "the big device must span documents"
+        );
+    }
+}
