@@ -268,7 +268,6 @@ mod tests {
 mod cross_language {
     use super::*;
     use crate::policy;
-    use base64::Engine as _;
     use serde_json::{Value, json};
     use std::process::{Command, Stdio};
 

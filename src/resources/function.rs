@@ -1,7 +1,9 @@
 //! The authorizer Lambda function: deterministic code, a supported Node.js runtime, a timeout
 //! within IoT's 5 s, our role.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use aws_sdk_lambda::Client;
@@ -355,5 +357,111 @@ mod tests {
         assert!(p.update_code);
         assert_eq!(p.update_config, vec!["timeout", "role"]);
         assert!(plan(&d, None).create);
+    }
+}
+
+/// Error paths the stand-in cannot produce, with `aws-smithy-mocks` and paused time.
+#[cfg(test)]
+mod mocked {
+    use super::*;
+    use crate::resources::tests::desired;
+    use aws_sdk_lambda::operation::create_function::CreateFunctionError;
+    use aws_sdk_lambda::operation::get_function::GetFunctionOutput;
+    use aws_sdk_lambda::types::FunctionConfiguration;
+    use aws_sdk_lambda::types::error::InvalidParameterValueException;
+    use aws_smithy_mocks::{mock, mock_client};
+    use clap::Parser as _;
+
+    fn app() -> App {
+        App::new(crate::cli::Cli::parse_from(["iot-custom-auth", "-q", "setup"]).global)
+    }
+
+    fn invalid_parameter(message: &'static str) -> impl Fn() -> CreateFunctionError {
+        move || {
+            CreateFunctionError::InvalidParameterValueException(
+                InvalidParameterValueException::builder()
+                    .message(message)
+                    .meta(
+                        aws_sdk_lambda::error::ErrorMetadata::builder()
+                            .code("InvalidParameterValueException")
+                            .message(message)
+                            .build(),
+                    )
+                    .build(),
+            )
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_role_propagation_is_bounded_and_says_what_to_do() {
+        let never = mock!(Client::create_function)
+            .sequence()
+            .error(invalid_parameter(
+                "The role defined for the function cannot be assumed by Lambda.",
+            ))
+            .repeatedly()
+            .build();
+        let lambda = mock_client!(aws_sdk_lambda, [&never]);
+        let started = Instant::now();
+        let err = create_with_role_retry(&app(), &lambda, &desired())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("still cannot assume role"),
+            "{err:#}"
+        );
+        assert!(started.elapsed() <= ROLE_PROPAGATION_BUDGET);
+        assert!(
+            never.num_calls() >= 10,
+            "retried {} times",
+            never.num_calls()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_invalid_parameters_are_not_retried() {
+        let blocked = mock!(Client::create_function)
+            .sequence()
+            .error(invalid_parameter(
+                "The runtime parameter of nodejs14.x is no longer supported",
+            ))
+            .repeatedly()
+            .build();
+        let lambda = mock_client!(aws_sdk_lambda, [&blocked]);
+        let err = create_with_role_retry(&app(), &lambda, &desired())
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no longer supported"),
+            "{err:#}"
+        );
+        assert_eq!(blocked.num_calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_function_that_fails_to_activate_reports_why() {
+        let failed = mock!(Client::get_function)
+            .sequence()
+            .output(|| {
+                GetFunctionOutput::builder()
+                    .configuration(
+                        FunctionConfiguration::builder()
+                            .state(State::Failed)
+                            .state_reason(
+                                "The function's deployment package is not a valid zip file",
+                            )
+                            .build(),
+                    )
+                    .build()
+            })
+            .repeatedly()
+            .build();
+        let lambda = mock_client!(aws_sdk_lambda, [&failed]);
+        let err = wait_active(&app(), &lambda, "f").await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("State Failed") && text.contains("not a valid zip"),
+            "{text}"
+        );
     }
 }
