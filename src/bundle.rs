@@ -339,17 +339,19 @@ mod cross_language {
         let long_topics: Vec<String> = (0..30)
             .map(|i| format!("fleet/{i:02}/{}", "m".repeat(70)))
             .collect();
-        let mut config = Config::default();
-        config.devices = vec![
-            device("sensor1", &[], vec![], &[]),
-            device(
-                "gw-01.eu@fleet",
-                &["gw-01", "gw-01-backup"],
-                vec!["data/gw".into()],
-                &["cmd/+/gw-01/#"],
-            ),
-            device("big", &[], long_topics, &[]),
-        ];
+        let config = Config {
+            devices: vec![
+                device("sensor1", &[], vec![], &[]),
+                device(
+                    "gw-01.eu@fleet",
+                    &["gw-01", "gw-01-backup"],
+                    vec!["data/gw".into()],
+                    &["cmd/+/gw-01/#"],
+                ),
+                device("big", &[], long_topics, &[]),
+            ],
+            ..Config::default()
+        };
         config.validate().unwrap();
         let package = build(&config, None, PREFIX).unwrap();
         let cases = [

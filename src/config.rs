@@ -322,8 +322,10 @@ mod tests {
 
     #[test]
     fn principal_collisions_and_shared_client_ids_are_refused() {
-        let mut c = Config::default();
-        c.devices = vec![device("a-b"), device("ab")];
+        let mut c = Config {
+            devices: vec![device("a-b"), device("ab")],
+            ..Config::default()
+        };
         assert!(format!("{:#}", c.validate().unwrap_err()).contains("principal id"));
         let mut other = device("b");
         other.client_ids = vec!["a".into()];

@@ -32,7 +32,8 @@ pub fn generate() -> String {
 /// Estimated entropy of a password assumed to be drawn at random from the character classes it
 /// uses. An upper bound for human-chosen text, which is why length and variety are checked too.
 pub fn estimated_bits(password: &str) -> f64 {
-    let classes: [(fn(char) -> bool, f64); 4] = [
+    type Class = (fn(char) -> bool, f64);
+    let classes: [Class; 4] = [
         (|c| c.is_ascii_lowercase(), 26.0),
         (|c| c.is_ascii_uppercase(), 26.0),
         (|c| c.is_ascii_digit(), 10.0),

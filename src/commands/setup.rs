@@ -175,16 +175,18 @@ fn refuse_conflicts(desired: &Desired, observed: &Observed, replace_default: boo
             ));
         }
     }
-    if let Some(current) = &observed.default_authorizer {
-        if desired.default_authorizer && current != &d.authorizer && !replace_default {
-            bail!(Failure::new(
-                format!(
-                    "the account's default authorizer is `{current}`; replacing it would cut off the devices that rely on it"
-                ),
-                "pass --replace-default to replace it anyway, or --no-default and have devices send \
+    if let Some(current) = &observed.default_authorizer
+        && desired.default_authorizer
+        && current != &d.authorizer
+        && !replace_default
+    {
+        bail!(Failure::new(
+            format!(
+                "the account's default authorizer is `{current}`; replacing it would cut off the devices that rely on it"
+            ),
+            "pass --replace-default to replace it anyway, or --no-default and have devices send \
                  `USERNAME?x-amz-customauthorizer-name=NAME`"
-            ));
-        }
+        ));
     }
     Ok(())
 }
@@ -200,13 +202,8 @@ struct Steps<'a> {
 impl Steps<'_> {
     fn doing(&self, what: &str, action: Action, name: &str) {
         if !self.dry_run && action != Action::Unchanged {
-            self.app.progress(format!(
-                "{} {what} {name}...",
-                action
-                    .verb(false)
-                    .replace("ed", "ing")
-                    .replace("updat", "updat")
-            ));
+            self.app
+                .progress(format!("{} {what} {name}...", action.progressive()));
         }
     }
 

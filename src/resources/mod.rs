@@ -121,6 +121,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// The progress word while it happens: "creating", "updating", ...
+    pub fn progressive(self) -> &'static str {
+        match self {
+            Action::Created => "creating",
+            Action::Updated => "updating",
+            Action::Deleted => "deleting",
+            Action::Cleared => "clearing",
+            Action::Unchanged | Action::Skipped | Action::Failed => "checking",
+        }
+    }
+
     pub fn verb(self, dry_run: bool) -> &'static str {
         match (self, dry_run) {
             (Action::Created, false) => "created",
