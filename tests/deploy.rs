@@ -743,3 +743,47 @@ async fn iam_policy_covers_every_call_each_command_makes() {
         }
     }
 }
+
+/// On a terminal, teardown lists what it will delete and asks; only "y" proceeds. `script` gives
+/// the binary a real pty.
+#[tokio::test(flavor = "multi_thread")]
+async fn teardown_asks_on_a_terminal() {
+    let (standin, cli, _) = deployed();
+    let on_tty = |answer: &str| {
+        let command = format!("{} teardown", env!("CARGO_BIN_EXE_iot-custom-auth"));
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(cli.path())
+            .envs(standin.env())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, screen) = on_tty("n\n");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(
+        screen.contains("This removes from us-east-1:")
+            && screen.contains(FUNCTION)
+            && screen.contains("Proceed? [y/N]"),
+        "{screen}"
+    );
+    assert!(screen.contains("nothing was removed"), "{screen}");
+    cli.run(&["status"]).expect(0);
+    let (code, screen) = on_tty("y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_nothing_left(&standin).await;
+}

@@ -123,7 +123,7 @@ pub async fn run(app: &App, args: TeardownArgs) -> Result<u8> {
     let (steps, mut outcomes) = plan(&names, &observed);
 
     if !steps.is_empty() && !args.yes {
-        confirm(app, &names, &steps)?;
+        confirm(&clients.region, &names, &steps)?;
     }
     let mut remaining = false;
     for step in &steps {
@@ -187,20 +187,14 @@ async fn execute(clients: &Clients, names: &Names, step: &Step) -> Result<()> {
 }
 
 /// Asks on a terminal; refuses without one, since a pipeline cannot answer.
-fn confirm(app: &App, names: &Names, steps: &[Step]) -> Result<()> {
+fn confirm(region: &str, names: &Names, steps: &[Step]) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!(Failure::usage(
             "teardown deletes resources and needs confirmation, but stdin is not a terminal",
             "pass --yes to confirm"
         ));
     }
-    eprintln!(
-        "This removes from {}:",
-        app.global
-            .region
-            .as_deref()
-            .unwrap_or("the configured region")
-    );
+    eprintln!("This removes from {region}:");
     for step in steps {
         eprintln!("  {:<19} {}", step.resource(), step.name(names));
     }
