@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{device, iam_policy, setup, status, teardown};
+use crate::commands::{connect, device, iam_policy, setup, status, teardown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +26,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Config file declaring the devices and deployment settings.
     #[arg(
@@ -87,4 +88,11 @@ pub enum Command {
     Device(device::DeviceCommand),
     /// Print the least-privilege IAM policy an operator needs to run a command.
     IamPolicy(iam_policy::IamPolicyArgs),
+    /// Log in and publish like a device (MQTT over TLS, port 443, ALPN `mqtt`); exit 3 when
+    /// refused.
+    Connect(connect::ConnectArgs),
+    /// Run IoT Core's custom-auth gateway on this machine: a TLS MQTT listener (ALPN `mqtt`)
+    /// that checks each login with the authorizer under the local `node` and enforces the
+    /// policies it returns. No AWS account needed.
+    Local(crate::local::LocalArgs),
 }

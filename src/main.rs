@@ -7,9 +7,12 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+mod local;
+mod mqtt;
 mod names;
 mod policy;
 mod resources;
+mod tls;
 mod verifier;
 
 use std::process::ExitCode;

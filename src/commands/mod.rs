@@ -1,5 +1,6 @@
 //! One module per subcommand; each reads top to bottom like the manual step it replaces.
 
+pub mod connect;
 pub mod device;
 pub mod iam_policy;
 pub mod setup;
@@ -19,5 +20,7 @@ pub async fn run(app: &App, command: Command) -> Result<u8> {
         Command::Teardown(args) => teardown::run(app, args).await,
         Command::Device(cmd) => device::run(app, cmd),
         Command::IamPolicy(args) => iam_policy::run(app, args).await,
+        Command::Connect(args) => connect::run(app, args).await,
+        Command::Local(args) => crate::local::run(app, args).await,
     }
 }
