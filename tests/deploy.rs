@@ -787,3 +787,95 @@ async fn teardown_asks_on_a_terminal() {
     assert_eq!(code, Some(0), "{screen}");
     assert_nothing_left(&standin).await;
 }
+
+/// `status --connect` logs in and publishes like a device. `iot-custom-auth local`, serving the
+/// same config, stands in for the account's data endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_connect_publishes_like_a_device() {
+    let (_standin, cli, password) = deployed();
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_iot-custom-auth"))
+        .args([
+            "--output",
+            "json",
+            "local",
+            "--listen",
+            "127.0.0.1:0",
+            "--cert-dir",
+            "certs",
+        ])
+        .current_dir(cli.path())
+        .env("TMPDIR", cli.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening: Value = serde_json::Deserializer::from_reader(gateway.stdout.take().unwrap())
+        .into_iter()
+        .next()
+        .expect("local prints where it listens")
+        .unwrap();
+    let host = listening["address"].as_str().unwrap().to_string();
+    let ca = listening["ca_file"].as_str().unwrap().to_string();
+    let args = [
+        "status",
+        "--probe-user",
+        "sensor1",
+        "--connect",
+        "--host",
+        &host,
+        "--ca-file",
+        &ca,
+        "--output",
+        "json",
+    ];
+
+    let good = cli
+        .run_with(&args, None, &[("IOT_CUSTOM_AUTH_PASSWORD", &password)])
+        .expect(0);
+    let connect = good.json()["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "connect")
+        .cloned()
+        .unwrap();
+    assert_eq!(connect["state"], "ok", "{connect}");
+    assert!(
+        connect["detail"]
+            .as_str()
+            .unwrap()
+            .contains("telemetry/sensor1"),
+        "{connect}"
+    );
+
+    let wrong = cli
+        .run_with(
+            &args,
+            None,
+            &[("IOT_CUSTOM_AUTH_PASSWORD", "Wrong-password-Zq8x3Lr5Tb7Nc2")],
+        )
+        .expect(3);
+    assert_eq!(failing(&wrong), ["probe.allowed", "connect"]);
+
+    let unreachable = cli
+        .run_with(
+            &[
+                "status",
+                "--probe-user",
+                "sensor1",
+                "--connect",
+                "--output",
+                "json",
+            ],
+            None,
+            &[("IOT_CUSTOM_AUTH_PASSWORD", &password)],
+        )
+        .expect(3);
+    assert_eq!(
+        failing(&unreachable),
+        ["connect"],
+        "the stand-in's endpoint does not exist"
+    );
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+}

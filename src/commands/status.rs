@@ -12,10 +12,12 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::app::App;
+use crate::commands::connect::{self, ConnectOptions};
 use crate::config::Config;
 use crate::error::{AwsResultExt, Failure, exit};
 use crate::names::BASIC_EXECUTION_POLICY_ARN;
 use crate::resources::{self, Desired, Observed, endpoint, function, permission};
+use crate::tls::Target;
 use crate::{bundle, policy, verifier};
 
 #[derive(Debug, Args)]
@@ -33,6 +35,17 @@ pub struct StatusArgs {
     /// The deployment is not meant to be the account's default authorizer.
     #[arg(long)]
     pub no_default: bool,
+    /// With --probe-user: also connect as that device the way it would (MQTT over TLS, port 443,
+    /// ALPN `mqtt`) and publish one message to its first topic.
+    #[arg(long, requires = "probe_user")]
+    pub connect: bool,
+    /// With --connect: connect here instead of the account's data endpoint (a custom domain, or
+    /// `iot-custom-auth local`).
+    #[arg(long, value_name = "HOST[:PORT]", requires = "connect")]
+    pub host: Option<String>,
+    /// With --connect: also trust this CA (PEM), e.g. the one `iot-custom-auth local` prints.
+    #[arg(long, value_name = "PEM", requires = "connect")]
+    pub ca_file: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -378,6 +391,24 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<u8> {
         } else {
             checks.push(skip("probe.allowed", "no authorizer to call"));
         }
+        if args.connect {
+            let target = match &args.host {
+                Some(host) => Target::parse(host)?,
+                None => Target::aws(&endpoint),
+            };
+            checks.push(
+                connect_check(
+                    app,
+                    &config,
+                    &desired,
+                    user,
+                    password,
+                    target,
+                    args.ca_file.clone(),
+                )
+                .await,
+            );
+        }
     }
     let healthy = checks.iter().all(|c| c.state != State::Fail) && deployed;
     app.print(&Report {
@@ -503,6 +534,48 @@ async fn probe(
         "check the authorizer code (with --code) or run `setup`",
     );
     Ok(vec![allowed, denied])
+}
+
+/// Connects and publishes as the device would: the end-to-end proof TestInvokeAuthorizer cannot
+/// give (it skips TLS, ALPN, SNI, the username format and the broker's policy checks).
+async fn connect_check(
+    app: &App,
+    config: &Config,
+    desired: &Desired,
+    user: &str,
+    password: String,
+    target: Target,
+    ca_files: Vec<PathBuf>,
+) -> Check {
+    let device = config.device(user);
+    let options = ConnectOptions {
+        target: Some(target),
+        ca_files,
+        authorizer: (!desired.default_authorizer).then(|| desired.names.authorizer.clone()),
+        client_id: device.and_then(|d| d.client_ids().first().cloned()),
+        topic: device.and_then(|d| d.publish().first().cloned()),
+        ..ConnectOptions::new(user, password)
+    };
+    match connect::check(app, &options).await {
+        Ok(s) if s.passed => ok(
+            "connect",
+            format!(
+                "{}:{} as {}: published to {} and got the PUBACK",
+                s.host, s.port, s.client_id, s.topic
+            ),
+        ),
+        Ok(s) => fail(
+            "connect",
+            s.reason
+                .unwrap_or_else(|| "the device could not connect and publish".to_string()),
+            s.remedy.unwrap_or_else(|| SETUP.to_string()),
+        ),
+        Err(e) => fail(
+            "connect",
+            format!("could not connect: {e:#}"),
+            "check the network, the host and the CA; `iot-custom-auth connect` shows each step",
+        ),
+    }
 }
 
 impl fmt::Display for Report {
