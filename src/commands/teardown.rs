@@ -14,7 +14,8 @@ use crate::aws::Clients;
 use crate::error::{Failure, exit};
 use crate::names::Names;
 use crate::resources::{
-    self, Action, Observed, Outcome, authorizer, default_authorizer, function, not_ours, role,
+    self, Action, Observed, Outcome, authorizer, default_authorizer, function, not_ours,
+    permission, role,
 };
 
 #[derive(Debug, Args)]
@@ -162,25 +163,7 @@ async fn execute(clients: &Clients, names: &Names, step: &Step) -> Result<()> {
         Step::DeleteAuthorizer { active } => {
             authorizer::delete(&clients.iot, &names.authorizer, *active).await
         }
-        Step::RemovePermission => {
-            match clients
-                .lambda
-                .remove_permission()
-                .function_name(&names.function)
-                .statement_id(&names.statement_id)
-                .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_resource_not_found_exception()) =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(crate::error::aws_error(e, "lambda:RemovePermission", None)),
-            }
-        }
+        Step::RemovePermission => permission::remove(&clients.lambda, names).await,
         Step::DeleteFunction => function::delete(&clients.lambda, &names.function).await,
         Step::DeleteRole(observed) => role::delete(&clients.iam, names, observed).await,
     }

@@ -426,7 +426,10 @@ impl<'g> Session<'g> {
     async fn subscribe(&mut self, subscribe: Subscribe, writer: &mut Writer) -> Result<Step> {
         for filter in &subscribe.filters {
             if let Err(why) = self.may_subscribe(&filter.path) {
-                return Ok(Step::Close(format!("SUBSCRIBE to {:?} refused: {why}", filter.path)));
+                return Ok(Step::Close(format!(
+                    "SUBSCRIBE to {:?} refused: {why}",
+                    filter.path
+                )));
             }
         }
         let codes = subscribe
@@ -444,7 +447,11 @@ impl<'g> Session<'g> {
         if !valid_filter(filter) {
             return Err("invalid topic filter".into());
         }
-        check(&self.policy, "iot:Subscribe", &self.arn("topicfilter", filter))
+        check(
+            &self.policy,
+            "iot:Subscribe",
+            &self.arn("topicfilter", filter),
+        )
     }
 
     fn subscribe_one(&self, filter: &str, qos: QoS) -> SubscribeReasonCode {

@@ -100,7 +100,7 @@ pub fn problems(desired: &Desired, observed: Option<&Observed>) -> Vec<String> {
 /// Adds our statement, replacing a stale one (AWS rejects a duplicate statement id).
 pub async fn apply(lambda: &Client, desired: &Desired, stale: bool) -> Result<()> {
     if stale {
-        remove(lambda, desired).await?;
+        remove(lambda, &desired.names).await?;
     }
     lambda
         .add_permission()
@@ -116,11 +116,11 @@ pub async fn apply(lambda: &Client, desired: &Desired, stale: bool) -> Result<()
     Ok(())
 }
 
-pub async fn remove(lambda: &Client, desired: &Desired) -> Result<()> {
+pub async fn remove(lambda: &Client, names: &Names) -> Result<()> {
     match lambda
         .remove_permission()
-        .function_name(&desired.names.function)
-        .statement_id(&desired.names.statement_id)
+        .function_name(&names.function)
+        .statement_id(&names.statement_id)
         .send()
         .await
     {
