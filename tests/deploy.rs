@@ -879,3 +879,60 @@ async fn status_connect_publishes_like_a_device() {
     gateway.kill().unwrap();
     gateway.wait().unwrap();
 }
+
+/// 10,000 devices deploy (their verifiers ride in the package, not in environment variables)
+/// and the last one can log in.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_devices_deploy_and_log_in() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let standin = StandIn::start();
+    let cli = Cli::new(&standin);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut config = String::new();
+    for i in 0..10_000 {
+        let salt = [(i % 251) as u8; 16];
+        let password = format!("Device-{i:05}-Zq8x3Lr5Tb7Nc2Vm9");
+        let hash = sha2::Sha256::new()
+            .chain_update(salt)
+            .chain_update(&password)
+            .finalize();
+        config.push_str(&format!(
+            "[[devices]]\nusername = \"dev{i:05}\"\npassword_verifier = \"sha256:{}:{}\"\n",
+            b64.encode(salt),
+            b64.encode(hash)
+        ));
+    }
+    std::fs::write(cli.config_path(), config).unwrap();
+    cli.run(&["setup"]).expect(0);
+    let c = clients(&standin).await;
+    let last = test_invoke(
+        &c.iot,
+        "dev09999",
+        "Device-09999-Zq8x3Lr5Tb7Nc2Vm9",
+        "dev09999",
+    )
+    .await;
+    assert_eq!(last.is_authenticated(), Some(true));
+    assert!(last.policy_documents()[0].contains("topic/telemetry/dev09999"));
+    let wrong = test_invoke(
+        &c.iot,
+        "dev09999",
+        "Device-09998-Zq8x3Lr5Tb7Nc2Vm9",
+        "dev09999",
+    )
+    .await;
+    assert_eq!(wrong.is_authenticated(), Some(false));
+    let function = c
+        .lambda
+        .get_function_configuration()
+        .function_name(FUNCTION)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        function.environment().is_none(),
+        "no verifiers in environment variables"
+    );
+    cli.run(&["status"]).expect(0);
+}
