@@ -7,6 +7,7 @@ Werkzeug serves each request on its own thread, so every access goes through a l
 
 import copy
 import threading
+import time
 from dataclasses import dataclass
 
 # Real-AWS behaviour is on by default; `--no-aws-delays` zeroes the three delays.
@@ -17,13 +18,18 @@ DEFAULTS = {
     "enforce_trust_policy": True,
     "duplicate_statement_conflict": True,
     "block_deprecated_runtimes": True,
+    # Added before every AWS call is served, so that calls a client makes concurrently
+    # visibly overlap in the call record (see `start_ms`/`end_ms`).
+    "latency_ms": 0.0,
     # "service:Operation" -> number of upcoming calls to throttle.
     "throttle": {},
     # "service:Operation" -> {"code", "status", "message", "count"}.
     "fail": {},
 }
 
-_FLOATS = ("role_propagation_seconds", "function_pending_seconds", "function_update_seconds")
+_FLOATS = ("role_propagation_seconds", "function_pending_seconds", "function_update_seconds", "latency_ms")
+# The real-AWS delays that `--no-aws-delays` zeroes (`latency_ms` is not one of them).
+_DELAYS = ("role_propagation_seconds", "function_pending_seconds", "function_update_seconds")
 _BOOLS = ("enforce_trust_policy", "duplicate_statement_conflict", "block_deprecated_runtimes")
 
 
@@ -104,12 +110,16 @@ class StandInState:
         return None
 
     # --- call record -----------------------------------------------------
-    def record_call(self, service: str, operation: str, status: int) -> None:
+    def record_call(self, service: str, operation: str, status: int, start_ms: float) -> None:
+        """Record a call once it is answered, with when it arrived and when it was answered
+        (`time.monotonic()` in milliseconds: comparable within one stand-in run only)."""
         entry = {
             "service": service,
             "operation": operation,
             "mutating": is_mutating(operation),
             "status": status,
+            "start_ms": start_ms,
+            "end_ms": monotonic_ms(),
         }
         with self._lock:
             self._calls.append(entry)
@@ -123,6 +133,10 @@ class StandInState:
             self._calls = []
 
 
+def monotonic_ms() -> float:
+    return round(time.monotonic() * 1000.0, 3)
+
+
 def is_mutating(operation: str) -> bool:
     read_only_prefixes = ("Get", "List", "Describe", "TestInvoke")
     return not (operation.startswith(read_only_prefixes) or operation == "GetCallerIdentity")
@@ -131,7 +145,7 @@ def is_mutating(operation: str) -> bool:
 def start_values(no_aws_delays: bool, **delays: float | None) -> dict:
     values = copy.deepcopy(DEFAULTS)
     for key in _FLOATS:
-        if no_aws_delays:
+        if no_aws_delays and key in _DELAYS:
             values[key] = 0.0
         elif delays.get(key) is not None:
             values[key] = float(delays[key])

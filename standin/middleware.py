@@ -2,9 +2,10 @@
 
 import io
 import json
+import time
 
 import wire
-from behaviour import STATE, BehaviourError
+from behaviour import STATE, BehaviourError, monotonic_ms
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
@@ -18,6 +19,7 @@ class StandInMiddleware:
         if path.startswith("/_standin/"):
             return self._control(environ, start_response, path[len("/_standin/"):])
 
+        start_ms = monotonic_ms()
         # The body is needed to name query-protocol operations; put it back for moto.
         body = _read_body(environ)
         environ["wsgi.input"] = io.BytesIO(body)
@@ -27,17 +29,20 @@ class StandInMiddleware:
         if service is None:  # unsigned: moto-api, health checks, ...
             return self._moto_app(environ, start_response)
         operation = wire.operation_of(service, environ, body)
+        latency_ms = STATE.get("latency_ms")
+        if latency_ms > 0:
+            time.sleep(latency_ms / 1000.0)
 
         injection = STATE.take_injection(service, operation)
         if injection is not None:
             status, headers, payload = wire.error_response(
                 service, injection.code, injection.status, injection.message
             )
-            STATE.record_call(service, operation, status)
+            STATE.record_call(service, operation, status, start_ms)
             return _respond(start_response, status, headers, payload)
 
         def recording_start_response(status_line, headers, exc_info=None):
-            STATE.record_call(service, operation, int(status_line.split(" ", 1)[0]))
+            STATE.record_call(service, operation, int(status_line.split(" ", 1)[0]), start_ms)
             return start_response(status_line, headers, exc_info)
 
         return self._moto_app(environ, recording_start_response)

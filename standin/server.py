@@ -21,6 +21,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--function-pending-seconds", type=float)
     parser.add_argument("--function-update-seconds", type=float)
     parser.add_argument("--no-aws-delays", action="store_true", help="set the three delays to 0")
+    parser.add_argument("--latency-ms", type=float, help="added before serving each AWS call (default 0)")
     return parser.parse_args()
 
 
@@ -49,6 +50,7 @@ def main() -> None:
             role_propagation_seconds=args.role_propagation_seconds,
             function_pending_seconds=args.function_pending_seconds,
             function_update_seconds=args.function_update_seconds,
+            latency_ms=args.latency_ms,
         )
     )
     iot_authorizers.install()

@@ -71,7 +71,12 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
         "reading deployment `{}` in {}",
         names.deployment, clients.region
     ));
-    let (identity, observed) = resources::read_all(clients, &names).await?;
+    // The endpoint is read with everything else, so it costs no round trip of its own, and a
+    // missing iot:DescribeEndpoint permission stops setup before its first change, not after.
+    let ((identity, observed), address) = tokio::try_join!(
+        resources::read_all(clients, &names),
+        endpoint::read(&clients.iot)
+    )?;
     let wants_default = config.deployment.default_authorizer && !args.no_default;
     let desired = Desired::new(
         &config,
@@ -136,7 +141,6 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
             .context("step 5/5: default authorizer")?,
     );
 
-    let address = endpoint::read(&clients.iot).await?;
     report.connection = Some(connection(&desired, &config, address));
     app.print(&report);
     Ok(exit::OK)

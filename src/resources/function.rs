@@ -7,9 +7,10 @@ use tokio::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use aws_sdk_lambda::Client;
-use aws_sdk_lambda::client::Waiters as _;
 use aws_sdk_lambda::primitives::Blob;
-use aws_sdk_lambda::types::{FunctionCode, LastUpdateStatus, Runtime, State};
+use aws_sdk_lambda::types::{
+    FunctionCode, FunctionConfiguration, LastUpdateStatus, Runtime, State,
+};
 
 use crate::app::App;
 use crate::error::{AwsResultExt, Failure};
@@ -19,8 +20,17 @@ use crate::resources::Desired;
 /// How long `setup` keeps retrying CreateFunction while IAM propagates a new role. AWS gives no
 /// bound; seconds are typical, tools wait 1 to 5 minutes (aws-facts.md §5).
 pub const ROLE_PROPAGATION_BUDGET: Duration = Duration::from_secs(90);
+/// The longest pause between two CreateFunction attempts while the role propagates. Each attempt
+/// is one cheap, failed call; a longer pause only adds to the wait after the role has become
+/// assumable (with 8 s, a role assumable after 8 s was only tried again at 15 s).
+const ROLE_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 /// Bound on waiting for `Active` / `LastUpdateStatus: Successful`.
 const READY_BUDGET: Duration = Duration::from_secs(300);
+/// How often GetFunction is polled while Lambda creates or updates the function: the 1 s of the
+/// FunctionActiveV2/FunctionUpdatedV2 waiter models, as the AWS CLI polls. The SDK's generated
+/// waiters back off exponentially in whole seconds (1, 1–2, 1–4, 1–8 s...), which overshoots a
+/// state change of a few seconds by up to the last delay.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runtimes Lambda has deprecated or blocked (aws-facts.md §7).
 pub const DEPRECATED_RUNTIMES: &[&str] = &[
@@ -99,11 +109,14 @@ pub struct Plan {
     pub update_code: bool,
     /// Configuration fields that differ, by name.
     pub update_config: Vec<&'static str>,
+    /// The function was still being created or updated when it was read, so an update must
+    /// first wait for that to finish. Not a change in itself.
+    pub busy: bool,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        *self == Plan::default()
+        !self.create && !self.update_code && self.update_config.is_empty()
     }
 
     pub fn describe(&self) -> Vec<String> {
@@ -144,6 +157,7 @@ pub fn plan(desired: &Desired, observed: Option<&Observed>) -> Plan {
         create: false,
         update_code: o.code_sha256 != desired.package.sha256,
         update_config: config,
+        busy: o.state != "Active" || o.last_update_status != "Successful",
     }
 }
 
@@ -154,8 +168,9 @@ pub async fn apply(app: &App, lambda: &Client, desired: &Desired, plan: &Plan) -
         wait_active(app, lambda, name).await?;
         return Ok(());
     }
-    if plan.update_code || !plan.update_config.is_empty() {
-        // A previous run may have left an update in progress; a second one would conflict.
+    if plan.busy && !plan.is_empty() {
+        // A previous run may have left an update in progress; a second one would conflict. When
+        // the read found none, polling again would only repeat that read.
         wait_updated(app, lambda, name).await?;
     }
     if !plan.update_config.is_empty() {
@@ -239,7 +254,7 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                     ROLE_PROPAGATION_BUDGET.as_secs()
                 ));
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(8));
+                delay = (delay * 2).min(ROLE_RETRY_MAX_DELAY);
             }
             Err(e) => {
                 return Err(e)
@@ -255,12 +270,12 @@ async fn wait_active(app: &App, lambda: &Client, name: &str) -> Result<()> {
         "  waiting for function {name} to become Active (up to {}s)",
         READY_BUDGET.as_secs()
     ));
-    let out = lambda
-        .wait_until_function_active_v2()
-        .function_name(name)
-        .wait(READY_BUDGET)
-        .await;
-    check_wait(out.is_ok(), lambda, name, "become Active").await
+    wait_for(lambda, name, "become Active", |c| match c.state() {
+        Some(State::Active) => Some(true),
+        Some(State::Failed) => Some(false),
+        _ => None,
+    })
+    .await
 }
 
 async fn wait_updated(app: &App, lambda: &Client, name: &str) -> Result<()> {
@@ -268,43 +283,65 @@ async fn wait_updated(app: &App, lambda: &Client, name: &str) -> Result<()> {
         "  waiting for function {name} to finish updating (up to {}s)",
         READY_BUDGET.as_secs()
     ));
-    let out = lambda
-        .wait_until_function_updated_v2()
-        .function_name(name)
-        .wait(READY_BUDGET)
-        .await;
-    check_wait(out.is_ok(), lambda, name, "finish its update").await
+    wait_for(lambda, name, "finish its update", |c| {
+        match c.last_update_status() {
+            Some(LastUpdateStatus::Successful) => Some(true),
+            Some(LastUpdateStatus::Failed) => Some(false),
+            _ => None,
+        }
+    })
+    .await
 }
 
-/// On a failed wait, reads the function once more to say why (StateReason), not just "failed".
-async fn check_wait(ok: bool, lambda: &Client, name: &str, what: &str) -> Result<()> {
-    if ok {
-        return Ok(());
+/// Polls GetFunction every [`POLL_INTERVAL`] until `done` says it succeeded (`Some(true)`) or
+/// failed (`Some(false)`), for up to [`READY_BUDGET`]. A failure or timeout says why, from the
+/// last configuration read (StateReason), not just "failed".
+async fn wait_for(
+    lambda: &Client,
+    name: &str,
+    what: &str,
+    done: fn(&FunctionConfiguration) -> Option<bool>,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let out = lambda
+            .get_function()
+            .function_name(name)
+            .send()
+            .await
+            .aws("lambda:GetFunction")?;
+        let c = out.configuration();
+        let outcome = c.and_then(done);
+        if outcome == Some(true) {
+            return Ok(());
+        }
+        if outcome.is_none() && started.elapsed() + POLL_INTERVAL <= READY_BUDGET {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            continue;
+        }
+        let state = c
+            .and_then(|c| c.state())
+            .map(State::as_str)
+            .unwrap_or("unknown");
+        let update = c
+            .and_then(|c| c.last_update_status())
+            .map(LastUpdateStatus::as_str)
+            .unwrap_or("unknown");
+        let reason = c
+            .and_then(|c| c.last_update_status_reason().or(c.state_reason()))
+            .unwrap_or("no reason given");
+        let waited = if outcome.is_none() {
+            format!(" within {}s", READY_BUDGET.as_secs())
+        } else {
+            String::new()
+        };
+        bail!(Failure::new(
+            format!(
+                "function {name} did not {what}{waited}: State {state}, LastUpdateStatus {update}: {reason}"
+            ),
+            "check the function in the Lambda console or its CloudWatch logs, then run `setup` again"
+        ))
     }
-    let out = lambda
-        .get_function()
-        .function_name(name)
-        .send()
-        .await
-        .aws("lambda:GetFunction")?;
-    let c = out.configuration();
-    let state = c
-        .and_then(|c| c.state())
-        .map(State::as_str)
-        .unwrap_or("unknown");
-    let update = c
-        .and_then(|c| c.last_update_status())
-        .map(LastUpdateStatus::as_str)
-        .unwrap_or("unknown");
-    let reason = c
-        .and_then(|c| c.last_update_status_reason().or(c.state_reason()))
-        .unwrap_or("no reason given");
-    bail!(Failure::new(
-        format!(
-            "function {name} did not {what}: State {state}, LastUpdateStatus {update}: {reason}"
-        ),
-        "check the function in the Lambda console or its CloudWatch logs, then run `setup` again"
-    ))
 }
 
 pub async fn delete(lambda: &Client, name: &str) -> Result<()> {
@@ -344,6 +381,22 @@ mod tests {
     fn same_function_needs_nothing() {
         let d = desired();
         assert!(plan(&d, Some(&matching(&d))).is_empty());
+    }
+
+    #[test]
+    fn an_update_waits_first_only_for_a_function_that_was_busy() {
+        let d = desired();
+        let mut o = matching(&d);
+        o.code_sha256 = "other".into();
+        assert!(!plan(&d, Some(&o)).busy);
+        o.last_update_status = "InProgress".into();
+        let p = plan(&d, Some(&o));
+        assert!(p.busy && p.update_code);
+        o.code_sha256 = "abc=".into();
+        assert!(plan(&d, Some(&o)).is_empty(), "busy alone is no change");
+        o.last_update_status = "Successful".into();
+        o.state = "Pending".into();
+        assert!(plan(&d, Some(&o)).busy);
     }
 
     #[test]
@@ -419,6 +472,28 @@ mod mocked {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_propagated_role_is_tried_again_within_two_seconds() {
+        let late = mock!(Client::create_function)
+            .sequence()
+            .error(invalid_parameter(
+                "The role defined for the function cannot be assumed by Lambda.",
+            ))
+            .times(4)
+            .output(|| {
+                aws_sdk_lambda::operation::create_function::CreateFunctionOutput::builder().build()
+            })
+            .build();
+        let lambda = mock_client!(aws_sdk_lambda, [&late]);
+        let started = Instant::now();
+        create_with_role_retry(&app(), &lambda, &desired())
+            .await
+            .unwrap();
+        // Pauses of 1, 2, 2, 2 s: never more than ROLE_RETRY_MAX_DELAY after the role works.
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+        assert_eq!(late.num_calls(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn other_invalid_parameters_are_not_retried() {
         let blocked = mock!(Client::create_function)
             .sequence()
@@ -436,6 +511,34 @@ mod mocked {
             "{err:#}"
         );
         assert_eq!(blocked.num_calls(), 1);
+    }
+
+    fn in_state(state: State) -> impl Fn() -> GetFunctionOutput {
+        move || {
+            GetFunctionOutput::builder()
+                .configuration(
+                    FunctionConfiguration::builder()
+                        .state(state.clone())
+                        .build(),
+                )
+                .build()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_function_is_polled_every_second_until_active() {
+        let pending = mock!(Client::get_function)
+            .sequence()
+            .output(in_state(State::Pending))
+            .times(3)
+            .output(in_state(State::Active))
+            .build();
+        let lambda = mock_client!(aws_sdk_lambda, [&pending]);
+        let started = Instant::now();
+        wait_active(&app(), &lambda, "f").await.unwrap();
+        // Active is seen at the first poll after it happened: no exponential back-off.
+        assert_eq!(started.elapsed(), 3 * POLL_INTERVAL);
+        assert_eq!(pending.num_calls(), 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,6 +31,17 @@ pub struct Call {
     pub mutating: bool,
     /// HTTP status answered (including injected failures).
     pub status: u16,
+    /// When the stand-in received the call and when it answered it, on its monotonic clock
+    /// (comparable between calls of one stand-in only).
+    pub start: Duration,
+    pub end: Duration,
+}
+
+impl Call {
+    /// True when the two calls were in flight at the same time.
+    pub fn overlaps(&self, other: &Call) -> bool {
+        self.start < other.end && other.start < self.end
+    }
 }
 
 pub struct StandIn {
@@ -85,6 +96,8 @@ impl StandIn {
                 operation: c["operation"].as_str().unwrap_or_default().to_string(),
                 mutating: c["mutating"].as_bool().unwrap_or_default(),
                 status: c["status"].as_u64().unwrap_or_default() as u16,
+                start: millis(&c["start_ms"]),
+                end: millis(&c["end_ms"]),
             })
             .collect()
     }
@@ -94,7 +107,8 @@ impl StandIn {
     }
 
     /// Merge into the current behaviour, e.g.
-    /// `json!({"throttle": {"iot:CreateAuthorizer": 2}, "role_propagation_seconds": 0.5})`.
+    /// `json!({"throttle": {"iot:CreateAuthorizer": 2}, "role_propagation_seconds": 0.5})`, or
+    /// `json!({"latency_ms": 200})` to make every call take at least that long.
     pub fn set_behaviour(&self, behaviour: serde_json::Value) {
         self.control("POST", "/_standin/behaviour", &behaviour.to_string());
     }
@@ -165,6 +179,10 @@ impl Drop for StandIn {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn millis(value: &serde_json::Value) -> Duration {
+    Duration::from_secs_f64(value.as_f64().unwrap_or_default() / 1000.0)
 }
 
 /// Wait for the `STANDIN_URL=` line, then keep draining stdout on a thread so

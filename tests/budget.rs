@@ -1,0 +1,296 @@
+//! Call budgets: how many AWS calls each command may make, and which must run concurrently.
+//! Call counts are deterministic where timings are not, so these are ordinary tests; the timings
+//! themselves are measured by `bench/run` (BENCHMARKS.md).
+//!
+//! Where a budget is about concurrency, the stand-in holds every call for `LATENCY_MS`, so calls
+//! sent together visibly overlap in its record and calls sent one after another cannot.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::cli::Cli;
+use common::standin::{Call, StandIn};
+use serde_json::json;
+
+/// Long enough that calls a command sends together overlap by far more than the time it takes
+/// to send them, on a loaded machine too.
+const LATENCY_MS: u64 = 200;
+
+/// A stand-in with real-AWS delays and sensor1 deployed; its call record is empty.
+fn deployed() -> (StandIn, Cli) {
+    let standin = StandIn::start();
+    let cli = Cli::new(&standin);
+    cli.add_device("sensor1", &[]);
+    cli.run(&["setup"]).expect(0);
+    standin.clear_calls();
+    (standin, cli)
+}
+
+fn writes(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.mutating)
+        .map(|c| c.operation.clone())
+        .collect()
+}
+
+fn reads(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| !c.mutating)
+        .map(|c| c.operation.clone())
+        .collect()
+}
+
+/// How often each operation was called.
+fn tally(operations: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for op in operations {
+        *counts.entry(op.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// The longest chain of calls each sent after the previous one was answered: how many round
+/// trips the command waited for one after another (calls in flight together count once).
+fn round_trips(calls: &[Call]) -> usize {
+    let mut sorted: Vec<&Call> = calls.iter().collect();
+    sorted.sort_by_key(|c| c.start);
+    let mut depth: Vec<(Duration, usize)> = Vec::new();
+    for c in sorted {
+        let before = depth
+            .iter()
+            .filter(|(end, _)| *end <= c.start)
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(0);
+        depth.push((c.end, before + 1));
+    }
+    depth.iter().map(|(_, d)| *d).max().unwrap_or(0)
+}
+
+fn timeline(calls: &[Call]) -> String {
+    let origin = calls.iter().map(|c| c.start).min().unwrap_or_default();
+    calls
+        .iter()
+        .map(|c| {
+            format!(
+                "{:>6} ms – {:>6} ms  {}:{}\n",
+                (c.start - origin).as_millis(),
+                (c.end - origin).as_millis(),
+                c.service,
+                c.operation
+            )
+        })
+        .collect()
+}
+
+/// Measured: 10 reads, each of a different thing, and nothing written:
+/// GetCallerIdentity (the account every ARN is built in), GetRole + ListAttachedRolePolicies +
+/// ListRolePolicies (trust and policies), GetFunction (configuration, code hash, tags),
+/// GetPolicy (the invoke permission), DescribeAuthorizer + ListTagsForResource (the authorizer
+/// and its owner tag), DescribeDefaultAuthorizer and DescribeEndpoint (for the connection
+/// details). The issue's budget of 12 leaves room for two more checks; reading anything twice is
+/// waste whatever the total.
+///
+/// They take 2 round trips: everything at once, then the two reads that need an answer of the
+/// first (a role's policies once it exists, an authorizer's tags once its ARN is known).
+#[test]
+fn setup_with_nothing_to_change_reads_each_thing_once_and_writes_nothing() {
+    let (standin, cli) = deployed();
+    standin.set_behaviour(json!({"latency_ms": LATENCY_MS}));
+    let run = cli.run(&["setup"]).expect(0);
+    assert!(
+        run.stdout.contains("changed 0 of 5"),
+        "setup found something to change:\n{}",
+        run.stdout
+    );
+    let calls = standin.calls();
+    assert_eq!(writes(&calls), Vec::<String>::new(), "{}", timeline(&calls));
+    let reads = reads(&calls);
+    assert!(
+        reads.len() <= 12,
+        "{} reads:\n{}",
+        reads.len(),
+        timeline(&calls)
+    );
+    let repeated: Vec<_> = tally(&reads).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(repeated.is_empty(), "read more than once: {repeated:?}");
+    assert!(
+        round_trips(&calls) <= 2,
+        "the reads ran in {} sequential steps, not 2:\n{}",
+        round_trips(&calls),
+        timeline(&calls)
+    );
+}
+
+/// `status` writes nothing and issues its independent reads concurrently: the seven that need
+/// nothing from another answer are all in flight at the same time, and the whole check costs two
+/// round trips, as `setup`'s read phase does (the same 10 reads, see above).
+#[test]
+fn status_writes_nothing_and_issues_its_independent_reads_concurrently() {
+    let (standin, cli) = deployed();
+    standin.set_behaviour(json!({"latency_ms": LATENCY_MS}));
+    cli.run(&["status"]).expect(0);
+    let calls = standin.calls();
+    assert_eq!(writes(&calls), Vec::<String>::new(), "{}", timeline(&calls));
+    assert!(
+        calls.len() <= 12,
+        "{} reads:\n{}",
+        calls.len(),
+        timeline(&calls)
+    );
+
+    let independent = [
+        "GetCallerIdentity",
+        "GetRole",
+        "GetFunction",
+        "GetPolicy",
+        "DescribeAuthorizer",
+        "DescribeDefaultAuthorizer",
+        "DescribeEndpoint",
+    ];
+    let first: Vec<&Call> = independent
+        .iter()
+        .map(|op| {
+            calls
+                .iter()
+                .find(|c| c.operation == *op)
+                .unwrap_or_else(|| panic!("status did not call {op}:\n{}", timeline(&calls)))
+        })
+        .collect();
+    for (i, a) in first.iter().enumerate() {
+        for b in &first[i + 1..] {
+            assert!(
+                a.overlaps(b),
+                "{} and {} ran one after the other:\n{}",
+                a.operation,
+                b.operation,
+                timeline(&calls)
+            );
+        }
+    }
+    assert!(
+        round_trips(&calls) <= 2,
+        "status waited for {} round trips, not 2:\n{}",
+        round_trips(&calls),
+        timeline(&calls)
+    );
+}
+
+/// With nothing deployed, `teardown` only looks: the six first reads all answer "not found", so
+/// there is nothing to follow up (no policies, no tags) and nothing to delete or clear — not
+/// even the default authorizer, which is not ours to clear when it is unset.
+#[test]
+fn teardown_of_an_absent_deployment_writes_nothing() {
+    let standin = StandIn::start_with(&["--no-aws-delays"]);
+    let cli = Cli::new(&standin);
+    cli.add_device("sensor1", &[]);
+    let run = cli.run(&["teardown", "--yes"]).expect(0);
+    assert!(run.stdout.contains("nothing to remove"), "{}", run.stdout);
+    let calls = standin.calls();
+    assert_eq!(writes(&calls), Vec::<String>::new(), "{}", timeline(&calls));
+    assert!(
+        calls.len() <= 6,
+        "{} reads:\n{}",
+        calls.len(),
+        timeline(&calls)
+    );
+
+    // Also right after a teardown, when AWS has just forgotten everything.
+    cli.run(&["setup"]).expect(0);
+    cli.run(&["teardown", "--yes"]).expect(0);
+    standin.clear_calls();
+    cli.run(&["teardown", "--yes"]).expect(0);
+    let calls = standin.calls();
+    assert_eq!(writes(&calls), Vec::<String>::new(), "{}", timeline(&calls));
+    assert!(
+        calls.len() <= 6,
+        "{} reads:\n{}",
+        calls.len(),
+        timeline(&calls)
+    );
+}
+
+/// From an empty account `setup` writes each resource once. The only repeated calls are the two
+/// waits: CreateFunction until IAM has propagated the new role, GetFunction until the function
+/// is Active. With the stand-in's default delays (role 2 s, Pending 1 s), retrying after 1 s then
+/// every 2 s needs at most 3 attempts, and polling every second sees Active by the second poll
+/// (a third is allowed for a slow machine).
+#[test]
+fn setup_from_empty_writes_each_resource_once() {
+    let standin = StandIn::start();
+    let cli = Cli::new(&standin);
+    cli.add_device("sensor1", &[]);
+    cli.run(&["setup"]).expect(0);
+    let calls = standin.calls();
+    let writes = tally(&writes(&calls));
+    let expected_once = [
+        "CreateRole",
+        "AttachRolePolicy",
+        "CreateAuthorizer",
+        "AddPermission",
+        "SetDefaultAuthorizer",
+    ];
+    for op in expected_once {
+        assert_eq!(writes.get(op), Some(&1), "{op}:\n{}", timeline(&calls));
+    }
+    let attempts = writes.get("CreateFunction").copied().unwrap_or(0);
+    assert!(
+        (1..=3).contains(&attempts),
+        "{attempts} CreateFunction attempts:\n{}",
+        timeline(&calls)
+    );
+    assert_eq!(
+        writes.len(),
+        expected_once.len() + 1,
+        "unexpected writes: {writes:?}"
+    );
+    let reads = tally(&reads(&calls));
+    // The read phase finds nothing, so it reads 7 things (no policies, no tags to follow up).
+    let polls = reads.get("GetFunction").copied().unwrap_or(0) - 1;
+    assert!(
+        (1..=3).contains(&polls),
+        "{polls} GetFunction polls:\n{}",
+        timeline(&calls)
+    );
+    let others: usize = reads
+        .iter()
+        .filter(|(op, _)| op.as_str() != "GetFunction")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(others, 6, "reads: {reads:?}");
+}
+
+/// A device added: `setup` uploads the new code once and polls until Lambda has applied it.
+/// It does not poll before the upload when its read already found no update in progress (that
+/// would only repeat the read), so besides the usual 10 reads there are only the polls: with the
+/// stand-in's default 1 s InProgress and a poll every second, 2 of them (3 on a slow machine).
+#[test]
+fn setup_after_a_device_change_uploads_once_and_only_polls_after() {
+    let (standin, cli) = deployed();
+    cli.add_device("sensor2", &[]);
+    standin.clear_calls();
+    cli.run(&["setup"]).expect(0);
+    let calls = standin.calls();
+    assert_eq!(
+        writes(&calls),
+        ["UpdateFunctionCode"],
+        "{}",
+        timeline(&calls)
+    );
+    let update = calls.iter().find(|c| c.mutating).unwrap();
+    let before = calls
+        .iter()
+        .filter(|c| !c.mutating && c.end <= update.start)
+        .count();
+    assert_eq!(before, 10, "reads before the upload:\n{}", timeline(&calls));
+    let polls: Vec<&Call> = calls.iter().filter(|c| c.start >= update.end).collect();
+    assert!(
+        (1..=3).contains(&polls.len()) && polls.iter().all(|c| c.operation == "GetFunction"),
+        "after the upload:\n{}",
+        timeline(&calls)
+    );
+}
