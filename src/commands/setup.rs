@@ -12,8 +12,8 @@ use serde::Serialize;
 use crate::app::App;
 use crate::error::{Failure, exit};
 use crate::resources::{
-    self, Action, Desired, Observed, Outcome, authorizer, default_authorizer, endpoint, function,
-    not_ours, permission, role,
+    self, Action, Desired, Observed, Outcome, Planned, authorizer, default_authorizer, endpoint,
+    function, not_ours, permission, role,
 };
 
 #[derive(Debug, Args)]
@@ -204,94 +204,54 @@ struct Steps<'a> {
 }
 
 impl Steps<'_> {
-    fn doing(&self, what: &str, action: Action, name: &str) {
-        if !self.dry_run && action != Action::Unchanged {
+    fn doing(&self, what: &str, outcome: &Outcome) {
+        if !self.dry_run && outcome.action != Action::Unchanged {
+            let verb = outcome.action.progressive();
             self.app
-                .progress(format!("{} {what} {name}...", action.progressive()));
+                .progress(format!("{verb} {what} {}...", outcome.name));
         }
     }
 
     async fn role(&self, plan: &role::Plan) -> Result<Outcome> {
-        let name = &self.desired.names.role;
-        let action = if plan.create {
-            Action::Created
-        } else if plan.is_empty() {
-            Action::Unchanged
-        } else {
-            Action::Updated
-        };
-        self.doing("IAM role", action, name);
+        let outcome = plan.outcome("role", &self.desired.names.role);
+        self.doing("IAM role", &outcome);
         if !self.dry_run {
             role::apply(&self.clients.iam, &self.desired.names, plan).await?;
         }
-        let details = if plan.create {
-            Vec::new()
-        } else {
-            plan.describe()
-        };
-        Ok(Outcome::new("role", name, action).with(details))
+        Ok(outcome)
     }
 
     async fn function(&self, plan: &function::Plan) -> Result<Outcome> {
-        let name = &self.desired.names.function;
-        let action = if plan.create {
-            Action::Created
-        } else if plan.is_empty() {
-            Action::Unchanged
-        } else {
-            Action::Updated
-        };
-        self.doing("Lambda function", action, name);
+        let outcome = plan.outcome("function", &self.desired.names.function);
+        self.doing("Lambda function", &outcome);
         if !self.dry_run {
             function::apply(self.app, &self.clients.lambda, self.desired, plan).await?;
         }
-        Ok(Outcome::new("function", name, action).with(if plan.create {
-            Vec::new()
-        } else {
-            plan.describe()
-        }))
+        Ok(outcome)
     }
 
     async fn authorizer(&self, plan: &authorizer::Plan) -> Result<Outcome> {
-        let name = &self.desired.names.authorizer;
-        let action = if plan.create {
-            Action::Created
-        } else if plan.is_empty() {
-            Action::Unchanged
-        } else {
-            Action::Updated
-        };
-        self.doing("IoT authorizer", action, name);
+        let outcome = plan.outcome("authorizer", &self.desired.names.authorizer);
+        self.doing("IoT authorizer", &outcome);
         if !self.dry_run {
             authorizer::apply(&self.clients.iot, self.desired, plan).await?;
         }
-        Ok(
-            Outcome::new("authorizer", name, action).with(if plan.create {
-                Vec::new()
-            } else {
-                plan.describe()
-            }),
-        )
+        Ok(outcome)
     }
 
     async fn permission(&self, observed: Option<&permission::Observed>) -> Result<Outcome> {
         let name = &self.desired.names.statement_id;
         let problems = permission::problems(self.desired, observed);
-        let action = match (observed, problems.is_empty()) {
-            (None, _) => Action::Created,
-            (Some(_), true) => Action::Unchanged,
-            (Some(_), false) => Action::Updated,
+        let outcome = match (observed, problems.is_empty()) {
+            (None, _) => Outcome::new("permission", name, Action::Created),
+            (Some(_), true) => Outcome::new("permission", name, Action::Unchanged),
+            (Some(_), false) => Outcome::new("permission", name, Action::Updated).with(problems),
         };
-        self.doing("invoke permission", action, name);
-        if !self.dry_run && action != Action::Unchanged {
+        self.doing("invoke permission", &outcome);
+        if !self.dry_run && outcome.action != Action::Unchanged {
             permission::apply(&self.clients.lambda, self.desired, observed.is_some()).await?;
         }
-        let details = if action == Action::Updated {
-            problems
-        } else {
-            Vec::new()
-        };
-        Ok(Outcome::new("permission", name, action).with(details))
+        Ok(outcome)
     }
 
     async fn default_authorizer(&self, current: Option<&str>) -> Result<Outcome> {
@@ -314,7 +274,13 @@ impl Steps<'_> {
                 vec!["--no-default / default_authorizer = false".to_string()],
             ),
         };
-        self.doing("default authorizer", action, ours);
+        let name = if self.desired.default_authorizer {
+            ours
+        } else {
+            current.unwrap_or("none")
+        };
+        let outcome = Outcome::new("default-authorizer", name, action).with(details);
+        self.doing("default authorizer", &outcome);
         if !self.dry_run {
             match action {
                 Action::Created | Action::Updated => {
@@ -324,12 +290,7 @@ impl Steps<'_> {
                 _ => {}
             }
         }
-        let name = if self.desired.default_authorizer {
-            ours
-        } else {
-            current.unwrap_or("none")
-        };
-        Ok(Outcome::new("default-authorizer", name, action).with(details))
+        Ok(outcome)
     }
 }
 

@@ -66,11 +66,17 @@ pub struct Plan {
     pub activate: bool,
 }
 
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        *self == Plan::default()
+impl crate::resources::Planned for Plan {
+    fn creates(&self) -> bool {
+        self.create
     }
 
+    fn changes(&self) -> Vec<String> {
+        self.describe()
+    }
+}
+
+impl Plan {
     pub fn describe(&self) -> Vec<String> {
         let mut d = Vec::new();
         if self.set_function {

@@ -114,6 +114,16 @@ pub struct Plan {
     pub busy: bool,
 }
 
+impl crate::resources::Planned for Plan {
+    fn creates(&self) -> bool {
+        self.create
+    }
+
+    fn changes(&self) -> Vec<String> {
+        self.describe()
+    }
+}
+
 impl Plan {
     pub fn is_empty(&self) -> bool {
         !self.create && !self.update_code && self.update_config.is_empty()

@@ -176,6 +176,28 @@ impl Outcome {
     }
 }
 
+/// What the plans of the role, the function and the authorizer have in common.
+pub trait Planned {
+    /// Nothing exists yet: the resource is created whole.
+    fn creates(&self) -> bool;
+    /// What an update changes; empty when nothing differs.
+    fn changes(&self) -> Vec<String>;
+
+    /// The result line this plan gives (or, in a dry run, would give).
+    fn outcome(&self, resource: &'static str, name: &str) -> Outcome {
+        if self.creates() {
+            return Outcome::new(resource, name, Action::Created);
+        }
+        let changes = self.changes();
+        let action = if changes.is_empty() {
+            Action::Unchanged
+        } else {
+            Action::Updated
+        };
+        Outcome::new(resource, name, action).with(changes)
+    }
+}
+
 /// A resource whose name is ours but whose owner tag is not: never touched.
 pub fn not_ours(what: &str, name: &str, deployment: &str) -> String {
     format!(

@@ -111,11 +111,17 @@ pub struct Plan {
     pub delete_inline: Vec<String>,
 }
 
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        *self == Plan::default()
+impl crate::resources::Planned for Plan {
+    fn creates(&self) -> bool {
+        self.create
     }
 
+    fn changes(&self) -> Vec<String> {
+        self.describe()
+    }
+}
+
+impl Plan {
     pub fn describe(&self) -> Vec<String> {
         let mut d = Vec::new();
         if self.update_trust {
@@ -253,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_correct_role_needs_nothing() {
-        assert!(plan(Some(&observed())).is_empty());
+        assert_eq!(plan(Some(&observed())), Plan::default());
     }
 
     #[test]
