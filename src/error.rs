@@ -68,8 +68,8 @@ const BAD_CREDENTIALS: &[&str] = &[
 ];
 
 /// Turns an SDK error into a readable error that names the AWS action that failed and, where
-/// possible, how to fix it. `code` is the error's code (from `ProvideErrorMetadata`).
-pub fn aws_error<E, R>(err: SdkError<E, R>, action: &str, code: Option<&str>) -> anyhow::Error
+/// possible, how to fix it.
+fn aws_error<E, R>(err: SdkError<E, R>, action: &str) -> anyhow::Error
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
@@ -78,7 +78,7 @@ where
         SdkError::ServiceError(service) => {
             let inner = service.err();
             let message = inner.message().unwrap_or("no message").to_string();
-            let code = code.or(inner.code()).unwrap_or("Unknown").to_string();
+            let code = inner.code().unwrap_or("Unknown").to_string();
             if ACCESS_DENIED.contains(&code.as_str()) {
                 return Failure::new(
                     format!("AWS denied {action}: {message}"),
@@ -143,7 +143,7 @@ where
     R: fmt::Debug + Send + Sync + 'static,
 {
     fn aws(self, action: &str) -> anyhow::Result<T> {
-        self.map_err(|e| aws_error(e, action, None))
+        self.map_err(|e| aws_error(e, action))
     }
 }
 
