@@ -163,6 +163,29 @@ async fn untrusted_broker_is_explained() {
     assert!(stderr.contains("--ca-file"), "{stderr}");
 }
 
+/// The system's trust store counts too (an organisation's own CA, a TLS-inspecting proxy):
+/// rustls-native-certs reads it from SSL_CERT_FILE, so the broker's CA there needs no --ca-file.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_system_trust_store_is_trusted() {
+    let broker = broker();
+    let out = Command::new(BIN)
+        .args([
+            "connect",
+            "--username",
+            "sensor-1",
+            "--host",
+            &broker.host(),
+        ])
+        .env("IOT_CUSTOM_AUTH_PASSWORD", "right-pw")
+        .env("SSL_CERT_FILE", &broker.ca_file)
+        .env_remove("SSL_CERT_DIR")
+        .env_remove("IOT_CUSTOM_AUTH_CONFIG")
+        .output()
+        .await
+        .expect("running iot-custom-auth");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_listening_is_one_line() {
     let port = mosquitto::free_port();
