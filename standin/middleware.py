@@ -2,8 +2,11 @@
 
 import io
 import json
+import re
 import time
+from urllib.parse import parse_qs, unquote
 
+import lambda_lifecycle
 import wire
 from behaviour import STATE, BehaviourError, monotonic_ms
 
@@ -60,11 +63,15 @@ class StandInMiddleware:
             if route == "behaviour" and method == "POST":
                 update = json.loads(_read_body(environ) or b"{}")
                 return _json(start_response, 200, STATE.merge(update))
+            deactivate = re.fullmatch(r"functions/([^/]+)/deactivate", route)
+            if deactivate and method == "POST":
+                region = parse_qs(environ.get("QUERY_STRING", "")).get("region", [None])[0]
+                return _json(start_response, 200, lambda_lifecycle.deactivate(unquote(deactivate.group(1)), region))
             if route == "reset" and method == "POST":
                 _reset_moto()
                 STATE.reset()
                 return _json(start_response, 200, {})
-        except (BehaviourError, json.JSONDecodeError) as err:
+        except (BehaviourError, json.JSONDecodeError, lambda_lifecycle.LifecycleError) as err:
             return _json(start_response, 400, {"error": str(err)})
         return _json(start_response, 404, {"error": f"no control route {method} /_standin/{route}"})
 
