@@ -39,6 +39,7 @@ def main() -> None:
     )
     from werkzeug.serving import make_server
 
+    import access
     import behaviour
     import iot_authorizers
     import lambda_lifecycle
@@ -59,6 +60,7 @@ def main() -> None:
     partitions.install()
     lambda_realism.install()
     lambda_lifecycle.install()  # wraps on top of lambda_realism's wrappers
+    access.install()
 
     app = StandInMiddleware(DomainDispatcherApplication(create_backend_app))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
