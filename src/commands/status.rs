@@ -7,19 +7,24 @@ use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_iot::operation::test_invoke_authorizer::{
+    TestInvokeAuthorizerError, TestInvokeAuthorizerOutput,
+};
 use aws_sdk_iot::primitives::Blob;
 use aws_sdk_iot::types::{MqttContext, TlsContext};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use clap::Args;
 use serde::Serialize;
 
 use crate::app::App;
 use crate::commands::connect::{self, ConnectOptions};
 use crate::config::Config;
-use crate::error::{AwsResultExt, Failure, exit};
+use crate::error::{AwsResultExt, Failure, exit, is_access_denied};
 use crate::resources::check::{Check, SETUP, State, check, fail, ok, skip};
 use crate::resources::{self, Desired, Observed, endpoint};
 use crate::tls::Target;
-use crate::{bundle, policy, verifier};
+use crate::{policy, verifier};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -192,32 +197,47 @@ async fn probe(
             .tls_context(TlsContext::builder().server_name(server_name).build())
             .send()
     };
-    let (good, bad) = tokio::try_join!(
-        async {
-            invoke(password.as_bytes().to_vec())
-                .await
-                .aws("iot:TestInvokeAuthorizer")
-        },
-        async {
-            invoke(verifier::generate().into_bytes())
-                .await
-                .aws("iot:TestInvokeAuthorizer")
-        },
-    )?;
-    let expected: Vec<serde_json::Value> = policy::documents(
-        &bundle::arn_prefix(&desired.region, &desired.account),
-        &client_id,
-        device,
-    )?
-    .iter()
-    .map(|d| serde_json::to_value(d).expect("documents serialize"))
-    .collect();
+    let (good, bad) = tokio::join!(
+        invoke(password.as_bytes().to_vec()),
+        invoke(verifier::generate().into_bytes()),
+    );
+    // An error is a finding about the deployment (a denied permission, an Inactive function, an
+    // invalid authorizer response), reported as that check failing, with AWS's message and the fix.
+    let expected: Vec<serde_json::Value> =
+        policy::documents(&desired.iot_arn_prefix(), &client_id, device)?
+            .iter()
+            .map(|d| serde_json::to_value(d).expect("documents serialize"))
+            .collect();
+    let allowed = match good {
+        Err(e) => probe_error("probe.allowed", e),
+        Ok(good) => allowed_check(user, &client_id, &expected, &good),
+    };
+    let denied = match bad {
+        Err(e) => probe_error("probe.denied", e),
+        Ok(bad) => check(
+            "probe.denied",
+            !bad.is_authenticated().unwrap_or(false),
+            "a random password is refused",
+            "a random password was accepted: the authorizer lets anyone in",
+            "check the authorizer code (with --code) or run `setup`",
+        ),
+    };
+    Ok(vec![allowed, denied])
+}
+
+/// `probe.allowed` from TestInvokeAuthorizer's answer for the right password.
+fn allowed_check(
+    user: &str,
+    client_id: &str,
+    expected: &[serde_json::Value],
+    good: &TestInvokeAuthorizerOutput,
+) -> Check {
     let got: Vec<serde_json::Value> = good
         .policy_documents()
         .iter()
         .filter_map(|d| serde_json::from_str(d).ok())
         .collect();
-    let allowed = if !good.is_authenticated().unwrap_or(false) {
+    if !good.is_authenticated().unwrap_or(false) {
         fail(
             "probe.allowed",
             format!("`{user}` with its password was refused"),
@@ -237,15 +257,27 @@ async fn probe(
             "probe.allowed",
             format!("`{user}` as client {client_id}: allowed with the configured policy"),
         )
+    }
+}
+
+/// A TestInvokeAuthorizer error as a failing probe check: what AWS said, and the fix.
+fn probe_error(id: &'static str, err: SdkError<TestInvokeAuthorizerError, HttpResponse>) -> Check {
+    let service = err.as_service_error();
+    let code = service.and_then(ProvideErrorMetadata::code);
+    let fix = if is_access_denied(code) {
+        "grant `iot:TestInvokeAuthorizer` on the authorizer (`iot-custom-auth iam-policy --for status`)"
+    } else if service.is_some_and(|e| e.is_invalid_response_exception()) {
+        "the authorizer's response is not what IoT accepts: check its code (with --code) or run `setup`"
+    } else {
+        "run `iot-custom-auth setup` (it reactivates an Inactive function and repairs the permission), then check again"
     };
-    let denied = check(
-        "probe.denied",
-        !bad.is_authenticated().unwrap_or(false),
-        "a random password is refused",
-        "a random password was accepted: the authorizer lets anyone in",
-        "check the authorizer code (with --code) or run `setup`",
+    let detail = format!(
+        "TestInvokeAuthorizer failed: {:#}",
+        Err::<(), _>(err)
+            .aws("iot:TestInvokeAuthorizer")
+            .unwrap_err()
     );
-    Ok(vec![allowed, denied])
+    fail(id, detail, fix)
 }
 
 /// Connects and publishes as the device would: the end-to-end proof TestInvokeAuthorizer cannot
@@ -331,7 +363,6 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::BASIC_EXECUTION_POLICY_ARN;
     use crate::resources::{authorizer, function, permission, role};
 
     fn healthy() -> (Desired, Observed) {
@@ -340,7 +371,7 @@ mod tests {
             role: Some(role::Observed {
                 arn: d.role_arn(),
                 trust_policy: role::trust_policy(),
-                attached: vec![BASIC_EXECUTION_POLICY_ARN.into()],
+                attached: vec![d.basic_execution_policy_arn()],
                 inline: vec![],
                 owned: true,
             }),
@@ -353,6 +384,8 @@ mod tests {
                 role: d.role_arn(),
                 code_sha256: d.package.sha256.clone(),
                 state: "Active".into(),
+                state_reason_code: String::new(),
+                state_reason: String::new(),
                 last_update_status: "Successful".into(),
                 owned: true,
             }),

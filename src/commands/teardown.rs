@@ -69,7 +69,7 @@ pub async fn run(app: &App, args: TeardownArgs) -> Result<u8> {
     let mut remaining = false;
     for Deletion { resource, outcome } in steps {
         app.progress(format!("removing {} {}...", outcome.resource, outcome.name));
-        let outcome = match resource.delete(clients, &names, &observed).await {
+        let outcome = match resource.delete(app, clients, &names, &observed).await {
             Ok(()) => outcome,
             Err(e) => {
                 remaining = true;
@@ -178,6 +178,8 @@ mod tests {
                 role: d.role_arn(),
                 code_sha256: String::new(),
                 state: "Active".into(),
+                state_reason_code: String::new(),
+                state_reason: String::new(),
                 last_update_status: "Successful".into(),
                 owned,
             }),

@@ -6,6 +6,7 @@ use aws_sdk_iot::Client;
 use aws_sdk_iot::types::{AuthorizerStatus, Tag};
 use futures::future::BoxFuture;
 
+use crate::app::App;
 use crate::aws::Clients;
 use crate::error::{AwsResultExt, Failure};
 use crate::names::{Names, OWNER_TAG, owned_by};
@@ -289,6 +290,7 @@ impl Resource for Authorizer {
 
     fn delete<'a>(
         &'a self,
+        _: &'a App,
         clients: &'a Clients,
         names: &'a Names,
         observed: &'a All,

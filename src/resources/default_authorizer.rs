@@ -5,6 +5,7 @@ use anyhow::{Result, bail};
 use aws_sdk_iot::Client;
 use futures::future::BoxFuture;
 
+use crate::app::App;
 use crate::aws::Clients;
 use crate::error::{AwsResultExt, Failure};
 use crate::names::Names;
@@ -32,18 +33,47 @@ pub async fn read(iot: &Client) -> Result<Option<String>> {
     }
 }
 
-/// Makes `name` the default. When another is set, it is cleared first (AWS may refuse to
-/// overwrite a default, aws-facts.md §1).
+/// Makes `name` the default without ever leaving the account without one: it sets ours
+/// directly; only when AWS refuses to overwrite another default (ResourceAlreadyExists; whether
+/// it does is not documented, aws-facts.md §13) does it clear and set again, and when that set
+/// fails it puts the previous default back and says so.
 pub async fn set(iot: &Client, name: &str, current: Option<&str>) -> Result<()> {
-    if current.is_some_and(|c| c != name) {
-        clear(iot).await?;
+    let send = |name: &str| iot.set_default_authorizer().authorizer_name(name).send();
+    let previous = match (send(name).await, current) {
+        (Ok(_), _) => return Ok(()),
+        (Err(e), Some(previous))
+            if previous != name
+                && e.as_service_error()
+                    .is_some_and(|e| e.is_resource_already_exists_exception()) =>
+        {
+            previous
+        }
+        (Err(e), _) => return Err(e).aws("iot:SetDefaultAuthorizer"),
+    };
+    clear(iot).await?;
+    let Err(e) = send(name).await else {
+        return Ok(());
+    };
+    let failed = format!(
+        "{:#}",
+        Err::<(), _>(e).aws("iot:SetDefaultAuthorizer").unwrap_err()
+    );
+    match send(previous).await.aws("iot:SetDefaultAuthorizer") {
+        Ok(_) => bail!(Failure::new(
+            format!(
+                "could not make `{name}` the account's default authorizer ({failed}); `{previous}` was restored as the default, so its devices keep working"
+            ),
+            "fix the cause above and run `setup` again"
+        )),
+        Err(restore) => bail!(Failure::new(
+            format!(
+                "could not make `{name}` the account's default authorizer ({failed}), nor restore `{previous}` ({restore:#}): the account has NO default authorizer now"
+            ),
+            format!(
+                "restore it now: `aws iot set-default-authorizer --authorizer-name {previous}`"
+            )
+        )),
     }
-    iot.set_default_authorizer()
-        .authorizer_name(name)
-        .send()
-        .await
-        .aws("iot:SetDefaultAuthorizer")?;
-    Ok(())
 }
 
 pub async fn clear(iot: &Client) -> Result<()> {
@@ -191,6 +221,7 @@ impl Resource for DefaultAuthorizer {
 
     fn delete<'a>(
         &'a self,
+        _: &'a App,
         clients: &'a Clients,
         _: &'a Names,
         _: &'a All,

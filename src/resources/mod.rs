@@ -121,6 +121,7 @@ pub trait Resource: Sync {
     /// `teardown`: deletes it; already gone is success.
     fn delete<'a>(
         &'a self,
+        app: &'a App,
         clients: &'a Clients,
         names: &'a Names,
         observed: &'a Observed,
@@ -158,6 +159,8 @@ pub enum Removal {
 pub struct Desired {
     pub names: Names,
     pub account: String,
+    /// The caller's partition (`aws`, `aws-cn`, ...): every ARN is built in it.
+    pub partition: String,
     pub region: String,
     pub package: Package,
     pub runtime: String,
@@ -176,10 +179,12 @@ impl Desired {
         code: Option<&std::path::Path>,
         default_authorizer: bool,
     ) -> Result<Self> {
-        let package = bundle::build(config, code, &bundle::arn_prefix(region, &identity.account))?;
+        let prefix = bundle::arn_prefix_in(&identity.partition, region, &identity.account);
+        let package = bundle::build(config, code, &prefix)?;
         Ok(Self {
             names,
             account: identity.account.clone(),
+            partition: identity.partition.clone(),
             region: region.to_string(),
             package,
             runtime: config.deployment.runtime.clone(),
@@ -190,13 +195,22 @@ impl Desired {
     }
 
     pub fn role_arn(&self) -> String {
-        self.names.role_arn(&self.account)
+        self.names.role_arn(&self.partition, &self.account)
+    }
+    pub fn basic_execution_policy_arn(&self) -> String {
+        crate::names::basic_execution_policy_arn(&self.partition)
+    }
+    /// The prefix of the IoT ARNs in the device policies (`arn:aws:iot:REGION:ACCOUNT`).
+    pub fn iot_arn_prefix(&self) -> String {
+        bundle::arn_prefix_in(&self.partition, &self.region, &self.account)
     }
     pub fn function_arn(&self) -> String {
-        self.names.function_arn(&self.region, &self.account)
+        self.names
+            .function_arn(&self.partition, &self.region, &self.account)
     }
     pub fn authorizer_arn(&self) -> String {
-        self.names.authorizer_arn(&self.region, &self.account)
+        self.names
+            .authorizer_arn(&self.partition, &self.region, &self.account)
     }
 }
 
@@ -385,6 +399,7 @@ pub mod tests {
         Desired {
             names: Names::new("d").unwrap(),
             account: "111122223333".into(),
+            partition: "aws".into(),
             region: "eu-west-1".into(),
             package: Package {
                 zip: vec![],

@@ -6,6 +6,7 @@ use aws_sdk_lambda::Client;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use crate::app::App;
 use crate::aws::Clients;
 use crate::error::AwsResultExt;
 use crate::names::Names;
@@ -145,9 +146,14 @@ pub struct Permission;
 pub static RESOURCE: Permission = Permission;
 
 /// Our statement as setup must treat it: deleting and recreating the function drops its policy,
-/// so a function about to be created has no statement whatever was read before.
-fn current(observed: &All) -> Option<&Observed> {
-    observed.function.as_ref().and(observed.permission.as_ref())
+/// so a function about to be created (absent, or its creation Failed) has no statement whatever
+/// was read before.
+pub fn current(observed: &All) -> Option<&Observed> {
+    observed
+        .function
+        .as_ref()
+        .filter(|f| f.state != "Failed")
+        .and(observed.permission.as_ref())
 }
 
 impl Resource for Permission {
@@ -272,6 +278,7 @@ impl Resource for Permission {
 
     fn delete<'a>(
         &'a self,
+        _: &'a App,
         clients: &'a Clients,
         names: &'a Names,
         _: &'a All,
