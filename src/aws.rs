@@ -71,10 +71,12 @@ fn validate_region(region: &str) -> Result<()> {
     Ok(())
 }
 
-/// Who we are talking as: the account every ARN is built in.
+/// Who we are talking as: the account and partition every ARN is built in.
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub account: String,
+    /// `aws`, `aws-cn`, `aws-us-gov`...: the second field of the caller's ARN.
+    pub partition: String,
 }
 
 /// Resolves credentials and asks STS who they belong to. Run first by every command that talks
@@ -91,12 +93,39 @@ pub async fn identity(clients: &Clients) -> Result<Identity> {
         .account()
         .context("STS returned no account id")?
         .to_string();
-    Ok(Identity { account })
+    let arn = out.arn().context("STS returned no caller ARN")?;
+    let partition = partition_of_arn(arn)
+        .with_context(|| format!("STS returned a malformed caller ARN `{arn}`"))?
+        .to_string();
+    Ok(Identity { account, partition })
+}
+
+/// `aws-cn` from `arn:aws-cn:sts::111122223333:assumed-role/...`.
+fn partition_of_arn(arn: &str) -> Option<&str> {
+    let mut fields = arn.split(':');
+    (fields.next() == Some("arn"))
+        .then(|| fields.next())
+        .flatten()
+        .filter(|p| !p.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::validate_region;
+    use super::{partition_of_arn, validate_region};
+
+    #[test]
+    fn the_partition_is_the_callers() {
+        assert_eq!(
+            partition_of_arn("arn:aws-cn:sts::111122223333:assumed-role/r/s"),
+            Some("aws-cn")
+        );
+        assert_eq!(
+            partition_of_arn("arn:aws:iam::111122223333:user/u"),
+            Some("aws")
+        );
+        assert_eq!(partition_of_arn("nonsense"), None);
+        assert_eq!(partition_of_arn("arn::iam::1:user/u"), None);
+    }
 
     #[test]
     fn region_shapes() {

@@ -63,7 +63,12 @@ struct DeviceEntry {
 
 /// The ARN prefix IoT resources in this account and region start with.
 pub fn arn_prefix(region: &str, account: &str) -> String {
-    format!("arn:aws:iot:{region}:{account}")
+    arn_prefix_in(crate::names::partition_of_region(region), region, account)
+}
+
+/// [`arn_prefix`] in a known partition: the caller's, from STS, for what `setup` deploys.
+pub fn arn_prefix_in(partition: &str, region: &str, account: &str) -> String {
+    format!("arn:{partition}:iot:{region}:{account}")
 }
 
 /// The authorizer's data file for `devices`. Verifiers live here, inside the package, rather than

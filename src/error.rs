@@ -57,6 +57,11 @@ const ACCESS_DENIED: &[&str] = &[
     "UnauthorizedOperation",
 ];
 
+/// True for the error codes AWS uses when the caller lacks an IAM permission.
+pub fn is_access_denied(code: Option<&str>) -> bool {
+    code.is_some_and(|c| ACCESS_DENIED.contains(&c))
+}
+
 /// Error codes AWS uses when the credentials themselves are bad.
 const BAD_CREDENTIALS: &[&str] = &[
     "InvalidClientTokenId",

@@ -10,9 +10,29 @@ pub const DEFAULT_NAME: &str = "iot-custom-auth";
 /// Tag key recording which deployment created a resource; its value is the deployment name.
 pub const OWNER_TAG: &str = "iot-custom-auth:deployment";
 
-/// The AWS-managed policy that lets the function write its logs, and nothing more.
-pub const BASIC_EXECUTION_POLICY_ARN: &str =
-    "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole";
+/// The AWS-managed policy that lets the function write its logs, and nothing more. Managed
+/// policies live in each partition (`arn:aws-cn:iam::aws:policy/...` in China).
+pub fn basic_execution_policy_arn(partition: &str) -> String {
+    format!("arn:{partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole")
+}
+
+/// The partition a region belongs to, for when no credentials are at hand to ask STS
+/// (`iam-policy --account`): China, GovCloud and the isolated regions have their own.
+pub fn partition_of_region(region: &str) -> &'static str {
+    const PREFIXES: &[(&str, &str)] = &[
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-isof-", "aws-iso-f"),
+        ("us-iso-", "aws-iso"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("eusc-", "aws-eusc"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map_or("aws", |(_, partition)| partition)
+}
 
 /// The longest deployment name: the role name `<name>-authorizer-role` must fit IAM's 64.
 const MAX_NAME_LEN: usize = 44;
@@ -55,22 +75,22 @@ impl Names {
         })
     }
 
-    pub fn authorizer_arn(&self, region: &str, account: &str) -> String {
+    pub fn authorizer_arn(&self, partition: &str, region: &str, account: &str) -> String {
         format!(
-            "arn:aws:iot:{region}:{account}:authorizer/{}",
+            "arn:{partition}:iot:{region}:{account}:authorizer/{}",
             self.authorizer
         )
     }
 
-    pub fn function_arn(&self, region: &str, account: &str) -> String {
+    pub fn function_arn(&self, partition: &str, region: &str, account: &str) -> String {
         format!(
-            "arn:aws:lambda:{region}:{account}:function:{}",
+            "arn:{partition}:lambda:{region}:{account}:function:{}",
             self.function
         )
     }
 
-    pub fn role_arn(&self, account: &str) -> String {
-        format!("arn:aws:iam::{account}:role/{}", self.role)
+    pub fn role_arn(&self, partition: &str, account: &str) -> String {
+        format!("arn:{partition}:iam::{account}:role/{}", self.role)
     }
 }
 
@@ -92,9 +112,32 @@ mod tests {
         assert_eq!(n.authorizer, "fleet-a");
         assert_eq!(n.statement_id, "fleet-a-iot-invoke");
         assert_eq!(
-            n.authorizer_arn("eu-west-1", "111122223333"),
+            n.authorizer_arn("aws", "eu-west-1", "111122223333"),
             "arn:aws:iot:eu-west-1:111122223333:authorizer/fleet-a"
         );
+        assert_eq!(
+            n.role_arn("aws-cn", "111122223333"),
+            "arn:aws-cn:iam::111122223333:role/fleet-a-authorizer-role"
+        );
+        assert_eq!(
+            basic_execution_policy_arn("aws-us-gov"),
+            "arn:aws-us-gov:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+        );
+    }
+
+    #[test]
+    fn partitions_of_regions() {
+        for (region, partition) in [
+            ("us-east-1", "aws"),
+            ("eu-west-1", "aws"),
+            ("cn-north-1", "aws-cn"),
+            ("cn-northwest-1", "aws-cn"),
+            ("us-gov-west-1", "aws-us-gov"),
+            ("us-iso-east-1", "aws-iso"),
+            ("us-isob-east-1", "aws-iso-b"),
+        ] {
+            assert_eq!(partition_of_region(region), partition, "{region}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::error::exit;
-use crate::names::{BASIC_EXECUTION_POLICY_ARN, Names};
+use crate::names::{Names, basic_execution_policy_arn, partition_of_region};
 
 #[derive(Debug, Args)]
 pub struct IamPolicyArgs {
@@ -20,6 +20,10 @@ pub struct IamPolicyArgs {
     /// Account id to put in the ARNs [default: the caller's, from sts:GetCallerIdentity].
     #[arg(long, value_name = "ID")]
     pub account: Option<String>,
+    /// With --account: the partition of the ARNs (aws, aws-cn, aws-us-gov...) [default: the
+    /// region's].
+    #[arg(long, value_name = "PARTITION", requires = "account")]
+    pub partition: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,9 +40,10 @@ const READ_ROLE: &[&str] = &[
     "iam:ListAttachedRolePolicies",
     "iam:ListRolePolicies",
 ];
-const READ_FUNCTION: &[&str] = &["lambda:GetFunction", "lambda:GetPolicy"];
+/// `lambda:ListTags` too: without it GetFunction leaves out the owner tag (aws-facts.md §13).
+const READ_FUNCTION: &[&str] = &["lambda:GetFunction", "lambda:GetPolicy", "lambda:ListTags"];
 const READ_AUTHORIZER: &[&str] = &["iot:DescribeAuthorizer", "iot:ListTagsForResource"];
-const READ_ACCOUNT: &[&str] = &["iot:DescribeDefaultAuthorizer", "iot:DescribeEndpoint"];
+const READ_ACCOUNT: &[&str] = &["iot:DescribeDefaultAuthorizer"];
 
 /// The actions a command needs on each kind of resource.
 struct Needs {
@@ -62,6 +67,10 @@ fn needs(command: For) -> Needs {
     if matches!(command, For::Status | For::All) {
         n.authorizer.push("iot:TestInvokeAuthorizer");
     }
+    if !matches!(command, For::Teardown) {
+        // Where devices connect: printed by setup, checked by status; teardown has no use for it.
+        n.account.push("iot:DescribeEndpoint");
+    }
     if setup {
         // Creating a resource with tags needs the tagging permission as well.
         n.role.extend([
@@ -82,6 +91,8 @@ fn needs(command: For) -> Needs {
             "iot:TagResource",
             "iot:UpdateAuthorizer",
             "iot:SetDefaultAuthorizer",
+            // To reactivate an Inactive function by invoking it through the authorizer.
+            "iot:TestInvokeAuthorizer",
         ]);
         n.account.push("iot:ClearDefaultAuthorizer");
         n.pass_role = true;
@@ -111,28 +122,35 @@ fn needs(command: For) -> Needs {
 }
 
 /// The policy document for `command`.
-pub fn document(command: For, names: &Names, region: &str, account: &str) -> Value {
+pub fn document(
+    command: For,
+    names: &Names,
+    partition: &str,
+    region: &str,
+    account: &str,
+) -> Value {
     let n = needs(command);
+    let role_arn = names.role_arn(partition, account);
     let mut statements = vec![
-        json!({"Sid": "ExecutionRole", "Effect": "Allow", "Action": n.role, "Resource": names.role_arn(account)}),
-        json!({"Sid": "AuthorizerFunction", "Effect": "Allow", "Action": n.function, "Resource": names.function_arn(region, account)}),
-        json!({"Sid": "Authorizer", "Effect": "Allow", "Action": n.authorizer, "Resource": names.authorizer_arn(region, account)}),
+        json!({"Sid": "ExecutionRole", "Effect": "Allow", "Action": n.role, "Resource": role_arn}),
+        json!({"Sid": "AuthorizerFunction", "Effect": "Allow", "Action": n.function, "Resource": names.function_arn(partition, region, account)}),
+        json!({"Sid": "Authorizer", "Effect": "Allow", "Action": n.authorizer, "Resource": names.authorizer_arn(partition, region, account)}),
         // The default authorizer and the endpoint are account-wide: these actions take no resource.
         json!({"Sid": "AccountWideIot", "Effect": "Allow", "Action": n.account, "Resource": "*"}),
     ];
     if n.pass_role {
         statements.push(json!({
             "Sid": "PassRoleToLambdaOnly", "Effect": "Allow", "Action": "iam:PassRole",
-            "Resource": names.role_arn(account),
+            "Resource": role_arn,
             "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}
         }));
         if matches!(command, For::Setup | For::All) {
             // Attaching is limited to the one managed policy the role needs.
-            statements[0] = json!({"Sid": "ExecutionRole", "Effect": "Allow", "Action": n.role.iter().filter(|a| **a != "iam:AttachRolePolicy").collect::<Vec<_>>(), "Resource": names.role_arn(account)});
+            statements[0] = json!({"Sid": "ExecutionRole", "Effect": "Allow", "Action": n.role.iter().filter(|a| **a != "iam:AttachRolePolicy").collect::<Vec<_>>(), "Resource": role_arn});
             statements.push(json!({
                 "Sid": "AttachBasicExecutionOnly", "Effect": "Allow", "Action": "iam:AttachRolePolicy",
-                "Resource": names.role_arn(account),
-                "Condition": {"ArnEquals": {"iam:PolicyARN": BASIC_EXECUTION_POLICY_ARN}}
+                "Resource": role_arn,
+                "Condition": {"ArnEquals": {"iam:PolicyARN": basic_execution_policy_arn(partition)}}
             }));
         }
     }
@@ -156,13 +174,24 @@ pub async fn run(app: &App, args: IamPolicyArgs) -> Result<u8> {
     let config = app.config()?;
     let names = app.names(&config)?;
     let clients = app.clients().await?;
-    let account = match args.account {
-        Some(a) => a,
-        None => crate::aws::identity(clients).await?.account,
+    // With --account no credentials are needed, so the partition comes from the region (or
+    // --partition); otherwise it is the caller's, as for every other command.
+    let (account, partition) = match args.account {
+        Some(a) => {
+            let partition = args
+                .partition
+                .unwrap_or_else(|| partition_of_region(&clients.region).to_string());
+            (a, partition)
+        }
+        None => {
+            let identity = crate::aws::identity(clients).await?;
+            (identity.account, identity.partition)
+        }
     };
     app.print(&Printed(document(
         args.for_command,
         &names,
+        &partition,
         &clients.region,
         &account,
     )));
@@ -191,6 +220,7 @@ mod tests {
         let doc = document(
             For::Status,
             &Names::new("d").unwrap(),
+            "aws",
             "eu-west-1",
             "111122223333",
         );
@@ -210,6 +240,7 @@ mod tests {
         let doc = document(
             For::Setup,
             &Names::new("d").unwrap(),
+            "aws",
             "eu-west-1",
             "111122223333",
         );
@@ -227,5 +258,23 @@ mod tests {
             pass["Resource"],
             "arn:aws:iam::111122223333:role/d-authorizer-role"
         );
+    }
+
+    #[test]
+    fn every_arn_is_in_the_partition() {
+        let doc = document(
+            For::All,
+            &Names::new("d").unwrap(),
+            "aws-cn",
+            "cn-north-1",
+            "111122223333",
+        );
+        let text = doc.to_string();
+        assert!(!text.contains("arn:aws:"), "{text}");
+        assert!(
+            text.contains("arn:aws-cn:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"),
+            "{text}"
+        );
+        assert!(text.contains("arn:aws-cn:lambda:cn-north-1:111122223333:function:d-authorizer"));
     }
 }

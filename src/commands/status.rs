@@ -1,24 +1,30 @@
 //! `status`: a read-only health check for CI. It reads everything concurrently, then compares
-//! desired with observed in one pure function ([`checks`]) that names each failing item and its fix.
+//! desired with observed in one pure function ([`checks`]: every resource's own checks, in the
+//! order of [`resources::walk`]) that names each failing item and its fix.
 
 use std::fmt;
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+use aws_sdk_iot::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_iot::operation::test_invoke_authorizer::{
+    TestInvokeAuthorizerError, TestInvokeAuthorizerOutput,
+};
 use aws_sdk_iot::primitives::Blob;
 use aws_sdk_iot::types::{MqttContext, TlsContext};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use clap::Args;
 use serde::Serialize;
 
 use crate::app::App;
 use crate::commands::connect::{self, ConnectOptions};
 use crate::config::Config;
-use crate::error::{AwsResultExt, Failure, exit};
-use crate::names::BASIC_EXECUTION_POLICY_ARN;
-use crate::resources::{self, Desired, Observed, endpoint, function, permission};
+use crate::error::{AwsResultExt, Failure, exit, is_access_denied};
+use crate::resources::check::{Check, SETUP, State, check, fail, ok, skip};
+use crate::resources::{self, Desired, Observed, endpoint};
 use crate::tls::Target;
-use crate::{bundle, policy, verifier};
+use crate::{policy, verifier};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -48,302 +54,13 @@ pub struct StatusArgs {
     pub ca_file: Vec<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Ok,
-    Fail,
-    /// Not checked because something it depends on is missing.
-    Skip,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Check {
-    /// Stable identifier, e.g. `permission.source_arn`.
-    pub id: &'static str,
-    pub state: State,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-fn ok(id: &'static str, detail: impl Into<String>) -> Check {
-    Check {
-        id,
-        state: State::Ok,
-        detail: detail.into(),
-        fix: None,
-    }
-}
-
-fn fail(id: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-    Check {
-        id,
-        state: State::Fail,
-        detail: detail.into(),
-        fix: Some(fix.into()),
-    }
-}
-
-fn skip(id: &'static str, detail: impl Into<String>) -> Check {
-    Check {
-        id,
-        state: State::Skip,
-        detail: detail.into(),
-        fix: None,
-    }
-}
-
-fn check(
-    id: &'static str,
-    good: bool,
-    ok_detail: impl Into<String>,
-    bad_detail: impl Into<String>,
-    fix: &str,
-) -> Check {
-    if good {
-        ok(id, ok_detail)
-    } else {
-        fail(id, bad_detail, fix)
-    }
-}
-
-const SETUP: &str = "run `iot-custom-auth setup`";
-
-/// Pure: every check of a working deployment, from what should be and what is.
+/// Pure: every check of a working deployment, from what should be and what is: each resource's
+/// checks, in the order of the resource walk.
 pub fn checks(desired: &Desired, observed: &Observed) -> Vec<Check> {
-    let mut out = Vec::new();
-    let n = &desired.names;
-    match &observed.role {
-        None => out.push(fail(
-            "role.exists",
-            format!("IAM role {} not found", n.role),
-            SETUP,
-        )),
-        Some(r) => {
-            out.push(ok("role.exists", r.arn.clone()));
-            out.push(check(
-                "role.owned",
-                r.owned,
-                "tagged as ours",
-                "not tagged as created by this deployment",
-                "choose another --name or remove the role by hand",
-            ));
-            out.push(check(
-                "role.trust_policy",
-                resources::role::trusts_only_lambda(&r.trust_policy),
-                "trusts lambda.amazonaws.com only",
-                "trust policy does not limit the role to lambda.amazonaws.com",
-                SETUP,
-            ));
-            let basic = r.attached.iter().any(|a| a == BASIC_EXECUTION_POLICY_ARN);
-            let extra: Vec<&String> = r
-                .attached
-                .iter()
-                .filter(|a| *a != BASIC_EXECUTION_POLICY_ARN)
-                .chain(&r.inline)
-                .collect();
-            out.push(check(
-                "role.execution_policy",
-                basic && extra.is_empty(),
-                "AWSLambdaBasicExecutionRole only",
-                if basic {
-                    format!(
-                        "extra policies: {}",
-                        extra
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                } else {
-                    "AWSLambdaBasicExecutionRole is not attached".to_string()
-                },
-                SETUP,
-            ));
-        }
-    }
-    match &observed.function {
-        None => out.push(fail(
-            "function.exists",
-            format!("Lambda function {} not found", n.function),
-            SETUP,
-        )),
-        Some(f) => {
-            out.push(ok("function.exists", f.arn.clone()));
-            out.push(check(
-                "function.owned",
-                f.owned,
-                "tagged as ours",
-                "not tagged as created by this deployment",
-                "choose another --name or remove the function by hand",
-            ));
-            out.push(check(
-                "function.state",
-                f.state == "Active",
-                "Active",
-                format!("state is {}", f.state),
-                "wait, or check the function's StateReason in the Lambda console",
-            ));
-            // An update still running is not a failure: the previous code keeps serving until
-            // it completes, and CI often checks right after a deploy.
-            out.push(check(
-                "function.last_update",
-                f.last_update_status != "Failed",
-                if f.last_update_status == "InProgress" {
-                    "InProgress (an update is running)".to_string()
-                } else {
-                    f.last_update_status.clone()
-                },
-                "the last update Failed: Lambda kept the previous code",
-                SETUP,
-            ));
-            let deprecated = function::DEPRECATED_RUNTIMES.contains(&f.runtime.as_str());
-            out.push(check(
-                "function.runtime",
-                f.runtime == desired.runtime && !deprecated,
-                f.runtime.clone(),
-                if deprecated {
-                    format!("{} is deprecated by Lambda", f.runtime)
-                } else {
-                    format!("{} (config says {})", f.runtime, desired.runtime)
-                },
-                SETUP,
-            ));
-            out.push(check(
-                "function.timeout",
-                f.timeout <= crate::config::MAX_TIMEOUT_SECONDS
-                    && f.timeout == desired.timeout_seconds,
-                format!("{} s", f.timeout),
-                format!(
-                    "{} s (IoT stops waiting after 5 s; config says {} s)",
-                    f.timeout, desired.timeout_seconds
-                ),
-                SETUP,
-            ));
-            out.push(check(
-                "function.role",
-                f.role == desired.role_arn(),
-                "our role",
-                format!("runs as {}", f.role),
-                SETUP,
-            ));
-            out.push(check(
-                "function.code",
-                f.code_sha256 == desired.package.sha256 && f.handler == desired.package.handler,
-                "identical to what setup would deploy",
-                "differs from what setup would deploy from the current config (devices added or removed, or code changed by hand)",
-                SETUP,
-            ));
-        }
-    }
-    match &observed.authorizer {
-        None => out.push(fail(
-            "authorizer.exists",
-            format!("IoT authorizer {} not found", n.authorizer),
-            SETUP,
-        )),
-        Some(a) => {
-            out.push(ok("authorizer.exists", a.arn.clone()));
-            out.push(check(
-                "authorizer.owned",
-                a.owned,
-                "tagged as ours",
-                "not tagged as created by this deployment",
-                "choose another --name or remove the authorizer by hand",
-            ));
-            out.push(check(
-                "authorizer.status",
-                a.active,
-                "ACTIVE",
-                "INACTIVE: IoT does not call it",
-                SETUP,
-            ));
-            out.push(check(
-                "authorizer.signing",
-                a.signing_disabled,
-                "token signing disabled",
-                "token signing enabled: username/password logins never reach it",
-                "`teardown` then `setup` (signing cannot be changed after creation)",
-            ));
-            out.push(check(
-                "authorizer.function",
-                a.function_arn == desired.function_arn(),
-                "points at our function",
-                format!("points at {}", a.function_arn),
-                SETUP,
-            ));
-        }
-    }
-    if observed.function.is_none() {
-        out.push(skip("permission.exists", "no function to hold it"));
-    } else {
-        match &observed.permission {
-            None => out.push(fail(
-                "permission.exists",
-                format!(
-                    "statement {} not in the function's policy: IoT cannot invoke it",
-                    n.statement_id
-                ),
-                SETUP,
-            )),
-            Some(p) => {
-                out.push(ok("permission.exists", n.statement_id.clone()));
-                let want = |got: &Option<String>, want: &str| got.as_deref() == Some(want);
-                let shown =
-                    |got: &Option<String>| got.clone().unwrap_or_else(|| "unset".to_string());
-                out.push(check(
-                    "permission.principal",
-                    want(&p.principal, permission::PRINCIPAL),
-                    permission::PRINCIPAL,
-                    shown(&p.principal),
-                    SETUP,
-                ));
-                out.push(check(
-                    "permission.action",
-                    want(&p.action, permission::ACTION),
-                    permission::ACTION,
-                    shown(&p.action),
-                    SETUP,
-                ));
-                out.push(check(
-                    "permission.source_arn",
-                    want(&p.source_arn, &desired.authorizer_arn()),
-                    desired.authorizer_arn(),
-                    format!(
-                        "{} (want {})",
-                        shown(&p.source_arn),
-                        desired.authorizer_arn()
-                    ),
-                    SETUP,
-                ));
-                out.push(check(
-                    "permission.source_account",
-                    want(&p.source_account, &desired.account),
-                    desired.account.clone(),
-                    format!("{} (want {})", shown(&p.source_account), desired.account),
-                    SETUP,
-                ));
-            }
-        }
-    }
-    let current = observed.default_authorizer.as_deref();
-    let is_ours = current == Some(n.authorizer.as_str());
-    out.push(if desired.default_authorizer {
-        check(
-            "default_authorizer",
-            is_ours,
-            format!("{} is the account's default", n.authorizer),
-            match current {
-                Some(other) => format!("the default is `{other}`: devices that send a plain username reach it, not ours"),
-                None => "no default authorizer: devices must name ours in their username".to_string(),
-            },
-            "run `iot-custom-auth setup` (with --replace-default if another authorizer is the default)",
-        )
-    } else {
-        check("default_authorizer", !is_ours, "not the default, as configured", "ours is the default, but the config says it should not be", SETUP)
-    });
-    out
+    resources::walk()
+        .into_iter()
+        .flat_map(|r| r.checks(desired, observed))
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -480,32 +197,47 @@ async fn probe(
             .tls_context(TlsContext::builder().server_name(server_name).build())
             .send()
     };
-    let (good, bad) = tokio::try_join!(
-        async {
-            invoke(password.as_bytes().to_vec())
-                .await
-                .aws("iot:TestInvokeAuthorizer")
-        },
-        async {
-            invoke(verifier::generate().into_bytes())
-                .await
-                .aws("iot:TestInvokeAuthorizer")
-        },
-    )?;
-    let expected: Vec<serde_json::Value> = policy::documents(
-        &bundle::arn_prefix(&desired.region, &desired.account),
-        &client_id,
-        device,
-    )?
-    .iter()
-    .map(|d| serde_json::to_value(d).expect("documents serialize"))
-    .collect();
+    let (good, bad) = tokio::join!(
+        invoke(password.as_bytes().to_vec()),
+        invoke(verifier::generate().into_bytes()),
+    );
+    // An error is a finding about the deployment (a denied permission, an Inactive function, an
+    // invalid authorizer response), reported as that check failing, with AWS's message and the fix.
+    let expected: Vec<serde_json::Value> =
+        policy::documents(&desired.iot_arn_prefix(), &client_id, device)?
+            .iter()
+            .map(|d| serde_json::to_value(d).expect("documents serialize"))
+            .collect();
+    let allowed = match good {
+        Err(e) => probe_error("probe.allowed", e),
+        Ok(good) => allowed_check(user, &client_id, &expected, &good),
+    };
+    let denied = match bad {
+        Err(e) => probe_error("probe.denied", e),
+        Ok(bad) => check(
+            "probe.denied",
+            !bad.is_authenticated().unwrap_or(false),
+            "a random password is refused",
+            "a random password was accepted: the authorizer lets anyone in",
+            "check the authorizer code (with --code) or run `setup`",
+        ),
+    };
+    Ok(vec![allowed, denied])
+}
+
+/// `probe.allowed` from TestInvokeAuthorizer's answer for the right password.
+fn allowed_check(
+    user: &str,
+    client_id: &str,
+    expected: &[serde_json::Value],
+    good: &TestInvokeAuthorizerOutput,
+) -> Check {
     let got: Vec<serde_json::Value> = good
         .policy_documents()
         .iter()
         .filter_map(|d| serde_json::from_str(d).ok())
         .collect();
-    let allowed = if !good.is_authenticated().unwrap_or(false) {
+    if !good.is_authenticated().unwrap_or(false) {
         fail(
             "probe.allowed",
             format!("`{user}` with its password was refused"),
@@ -525,15 +257,27 @@ async fn probe(
             "probe.allowed",
             format!("`{user}` as client {client_id}: allowed with the configured policy"),
         )
+    }
+}
+
+/// A TestInvokeAuthorizer error as a failing probe check: what AWS said, and the fix.
+fn probe_error(id: &'static str, err: SdkError<TestInvokeAuthorizerError, HttpResponse>) -> Check {
+    let service = err.as_service_error();
+    let code = service.and_then(ProvideErrorMetadata::code);
+    let fix = if is_access_denied(code) {
+        "grant `iot:TestInvokeAuthorizer` on the authorizer (`iot-custom-auth iam-policy --for status`)"
+    } else if service.is_some_and(|e| e.is_invalid_response_exception()) {
+        "the authorizer's response is not what IoT accepts: check its code (with --code) or run `setup`"
+    } else {
+        "run `iot-custom-auth setup` (it reactivates an Inactive function and repairs the permission), then check again"
     };
-    let denied = check(
-        "probe.denied",
-        !bad.is_authenticated().unwrap_or(false),
-        "a random password is refused",
-        "a random password was accepted: the authorizer lets anyone in",
-        "check the authorizer code (with --code) or run `setup`",
+    let detail = format!(
+        "TestInvokeAuthorizer failed: {:#}",
+        Err::<(), _>(err)
+            .aws("iot:TestInvokeAuthorizer")
+            .unwrap_err()
     );
-    Ok(vec![allowed, denied])
+    fail(id, detail, fix)
 }
 
 /// Connects and publishes as the device would: the end-to-end proof TestInvokeAuthorizer cannot
@@ -619,7 +363,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{authorizer, role};
+    use crate::resources::{authorizer, function, permission, role};
 
     fn healthy() -> (Desired, Observed) {
         let d = crate::resources::tests::desired();
@@ -627,7 +371,7 @@ mod tests {
             role: Some(role::Observed {
                 arn: d.role_arn(),
                 trust_policy: role::trust_policy(),
-                attached: vec![BASIC_EXECUTION_POLICY_ARN.into()],
+                attached: vec![d.basic_execution_policy_arn()],
                 inline: vec![],
                 owned: true,
             }),
@@ -640,6 +384,8 @@ mod tests {
                 role: d.role_arn(),
                 code_sha256: d.package.sha256.clone(),
                 state: "Active".into(),
+                state_reason_code: String::new(),
+                state_reason: String::new(),
                 last_update_status: "Successful".into(),
                 owned: true,
             }),

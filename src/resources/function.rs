@@ -12,10 +12,17 @@ use aws_sdk_lambda::types::{
     FunctionCode, FunctionConfiguration, LastUpdateStatus, Runtime, State,
 };
 
+use futures::future::BoxFuture;
+
 use crate::app::App;
+use crate::aws::Clients;
 use crate::error::{AwsResultExt, Failure};
 use crate::names::{Names, OWNER_TAG, owned_by};
-use crate::resources::Desired;
+use crate::resources::check::{SETUP, check, fail, ok};
+use crate::resources::{
+    Action, Check, Desired, NOT_OURS_HINT, Observed as All, Outcome, Planned as _, Reading,
+    Removal, Resource, SetupOptions, Step, not_ours,
+};
 
 /// How long `setup` keeps retrying CreateFunction while IAM propagates a new role. AWS gives no
 /// bound; seconds are typical, tools wait 1 to 5 minutes (aws-facts.md §5).
@@ -51,8 +58,23 @@ pub struct Observed {
     pub role: String,
     pub code_sha256: String,
     pub state: String,
+    /// Why it is in that state (`Idle`, `Creating`, an error code...), if Lambda says.
+    pub state_reason_code: String,
+    pub state_reason: String,
     pub last_update_status: String,
     pub owned: bool,
+}
+
+impl Observed {
+    /// "Failed (InvalidZipFileException: ...)" or "Inactive (Idle)".
+    pub fn state_shown(&self) -> String {
+        match (self.state_reason_code.as_str(), self.state_reason.as_str()) {
+            ("", "") => self.state.clone(),
+            (code, "") => format!("{} ({code})", self.state),
+            ("", reason) => format!("{} ({reason})", self.state),
+            (code, reason) => format!("{} ({code}: {reason})", self.state),
+        }
+    }
 }
 
 pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
@@ -74,12 +96,36 @@ pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
     let c = out
         .configuration()
         .context("GetFunction returned no configuration")?;
-    let owned = out.tags().is_some_and(|t| {
-        owned_by(
-            t.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    // GetFunction returns Tags only to a caller allowed lambda:ListTags (aws-facts.md §13), so
+    // absent Tags mean "could not see", never "not ours": ask ListTags, which either answers or
+    // says the permission is missing.
+    let owned = match out.tags() {
+        Some(tags) => owned_by(
+            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &names.deployment,
-        )
-    });
+        ),
+        None => {
+            let arn = c.function_arn().unwrap_or_default();
+            let listed = lambda
+                .list_tags()
+                .resource(arn)
+                .send()
+                .await
+                .aws("lambda:ListTags")
+                .with_context(|| {
+                    format!(
+                        "reading the tags of function {} to tell whether it is this deployment's",
+                        names.function
+                    )
+                })?;
+            listed.tags().is_some_and(|t| {
+                owned_by(
+                    t.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    &names.deployment,
+                )
+            })
+        }
+    };
     Ok(Some(Observed {
         arn: c.function_arn().unwrap_or_default().to_string(),
         runtime: c
@@ -95,6 +141,11 @@ pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
             .state()
             .map(|s| s.as_str().to_string())
             .unwrap_or_default(),
+        state_reason_code: c
+            .state_reason_code()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+        state_reason: c.state_reason().unwrap_or_default().to_string(),
         last_update_status: c
             .last_update_status()
             .map(|s| s.as_str().to_string())
@@ -106,6 +157,15 @@ pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     pub create: bool,
+    /// Its creation Failed: Lambda's only way out is to delete and create it again (aws-facts.md
+    /// §13). Holds the state as shown, to say why.
+    pub recreate: Option<String>,
+    /// Inactive: Lambda reactivates a function when it is invoked (aws-facts.md §13), so setup
+    /// invokes it once and waits for Active. Holds the state as shown.
+    pub reactivate: Option<String>,
+    /// Pending (being created or restored): anything that operates on it fails until it is
+    /// Active, so setup waits for that first even when nothing else changes.
+    pub pending: bool,
     pub update_code: bool,
     /// Configuration fields that differ, by name.
     pub update_config: Vec<&'static str>,
@@ -126,11 +186,23 @@ impl crate::resources::Planned for Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        !self.create && !self.update_code && self.update_config.is_empty()
+        !self.create
+            && self.recreate.is_none()
+            && self.reactivate.is_none()
+            && !self.update_code
+            && self.update_config.is_empty()
     }
 
     pub fn describe(&self) -> Vec<String> {
         let mut d = Vec::new();
+        if let Some(state) = &self.recreate {
+            d.push(format!(
+                "deleted and recreated: its creation {state}, which Lambda cannot repair"
+            ));
+        }
+        if let Some(state) = &self.reactivate {
+            d.push(format!("reactivated: it was {state}"));
+        }
         if self.update_code {
             d.push("code".to_string());
         }
@@ -147,6 +219,12 @@ pub fn plan(desired: &Desired, observed: Option<&Observed>) -> Plan {
             ..Plan::default()
         };
     };
+    if o.state == "Failed" {
+        return Plan {
+            recreate: Some(o.state_shown()),
+            ..Plan::default()
+        };
+    }
     let mut config = Vec::new();
     if o.runtime != desired.runtime {
         config.push("runtime");
@@ -165,6 +243,9 @@ pub fn plan(desired: &Desired, observed: Option<&Observed>) -> Plan {
     }
     Plan {
         create: false,
+        recreate: None,
+        reactivate: (o.state == "Inactive").then(|| o.state_shown()),
+        pending: o.state == "Pending",
         update_code: o.code_sha256 != desired.package.sha256,
         update_config: config,
         busy: o.state != "Active" || o.last_update_status != "Successful",
@@ -173,12 +254,22 @@ pub fn plan(desired: &Desired, observed: Option<&Observed>) -> Plan {
 
 pub async fn apply(app: &App, lambda: &Client, desired: &Desired, plan: &Plan) -> Result<()> {
     let name = &desired.names.function;
-    if plan.create {
+    if let Some(state) = &plan.recreate {
+        app.progress(format!(
+            "  function {name} is {state}: Lambda cannot repair a failed creation, so it is deleted and created again"
+        ));
+        delete(lambda, name).await?;
+    }
+    if plan.create || plan.recreate.is_some() {
         create_with_role_retry(app, lambda, desired).await?;
         wait_active(app, lambda, name).await?;
         return Ok(());
     }
-    if plan.busy && !plan.is_empty() {
+    if plan.pending {
+        // Pending (a create interrupted, or a restore): AddPermission and updates would fail.
+        wait_active(app, lambda, name).await?;
+    }
+    if plan.busy && !plan.pending && !plan.is_empty() {
         // A previous run may have left an update in progress; a second one would conflict. When
         // the read found none, polling again would only repeat that read.
         wait_updated(app, lambda, name).await?;
@@ -354,6 +445,57 @@ async fn wait_for(
     }
 }
 
+/// Brings an Inactive function back: Lambda reactivates a function when it is invoked (the
+/// Lambda API's StateReasonCode `Idle`: "you can reactivate the function by invoking it"; its
+/// docs say nothing of updates doing so, so setup does not rely on them). The invocation goes
+/// through IoT's TestInvokeAuthorizer, the way IoT itself calls the function, so setup needs no
+/// `lambda:InvokeFunction`; with a random password it is refused even when it runs. It is
+/// expected to fail while Lambda restores the function; then setup waits for Active.
+async fn reactivate(step: &Step<'_>, state: &str) -> Result<()> {
+    let names = &step.desired.names;
+    let through = step.observed.authorizer.as_ref().filter(|a| a.owned);
+    if through.is_none() || crate::resources::permission::current(step.observed).is_none() {
+        bail!(Failure::new(
+            format!(
+                "function {} is {state}, and without our authorizer `{}` and its invoke permission there is nothing to invoke it through",
+                names.function, names.authorizer
+            ),
+            "run `iot-custom-auth teardown` and `setup` again to recreate the deployment"
+        ));
+    }
+    step.app.progress(format!(
+        "  function {} is {state}: invoking it once through TestInvokeAuthorizer to reactivate it",
+        names.function
+    ));
+    let probe = "iot-custom-auth-reactivate";
+    let invoked = step
+        .clients
+        .iot
+        .test_invoke_authorizer()
+        .authorizer_name(&names.authorizer)
+        .mqtt_context(
+            aws_sdk_iot::types::MqttContext::builder()
+                .username(probe)
+                .password(aws_sdk_iot::primitives::Blob::new(
+                    crate::verifier::generate().into_bytes(),
+                ))
+                .client_id(probe)
+                .build(),
+        )
+        .send()
+        .await;
+    if let Err(e) = invoked {
+        let code = e
+            .as_service_error()
+            .and_then(aws_sdk_iot::error::ProvideErrorMetadata::code);
+        // A failed invocation is what wakes it; a missing permission or no answer at all is not.
+        if code.is_none() || crate::error::is_access_denied(code) {
+            return Err(e).aws("iot:TestInvokeAuthorizer");
+        }
+    }
+    wait_active(step.app, &step.clients.lambda, &names.function).await
+}
+
 pub async fn delete(lambda: &Client, name: &str) -> Result<()> {
     match lambda.delete_function().function_name(name).send().await {
         Ok(_) => Ok(()),
@@ -364,6 +506,187 @@ pub async fn delete(lambda: &Client, name: &str) -> Result<()> {
             Ok(())
         }
         Err(e) => Err(e).aws("lambda:DeleteFunction"),
+    }
+}
+
+/// `function.state`: what each of Lambda's states means for devices, and the fix.
+fn state_check(f: &Observed) -> Check {
+    let shown = f.state_shown();
+    match f.state.as_str() {
+        "Active" => ok("function.state", "Active"),
+        "Inactive" => fail(
+            "function.state",
+            format!(
+                "{shown}: Lambda reclaimed it after it sat idle, and the next logins fail while it is reactivated"
+            ),
+            "run `iot-custom-auth setup`: it invokes the function once and waits until it is Active",
+        ),
+        "Failed" => fail(
+            "function.state",
+            format!("{shown}: its creation failed and Lambda cannot repair it; every login fails"),
+            "run `iot-custom-auth setup`: it deletes and recreates the function",
+        ),
+        "Pending" => fail(
+            "function.state",
+            format!("{shown}: Lambda is still preparing it; logins fail until it is Active"),
+            "wait a minute and check again; `iot-custom-auth setup` waits for it",
+        ),
+        _ => fail(
+            "function.state",
+            format!("state is {shown}"),
+            "check the function's StateReason in the Lambda console",
+        ),
+    }
+}
+
+/// The function as one of the deployment's resources.
+pub struct Function;
+pub static RESOURCE: Function = Function;
+
+impl Resource for Function {
+    fn kind(&self) -> &'static str {
+        "function"
+    }
+
+    fn label(&self) -> &'static str {
+        "Lambda function"
+    }
+
+    fn after(&self) -> &'static [&'static str] {
+        &["role"]
+    }
+
+    fn read<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+    ) -> BoxFuture<'a, Result<Reading>> {
+        Box::pin(async move {
+            let found = read(&clients.lambda, names).await?;
+            Ok(Box::new(move |o: &mut All| o.function = found) as Reading)
+        })
+    }
+
+    fn checks(&self, desired: &Desired, observed: &All) -> Vec<Check> {
+        let Some(f) = &observed.function else {
+            return vec![fail(
+                "function.exists",
+                format!("Lambda function {} not found", desired.names.function),
+                SETUP,
+            )];
+        };
+        let deprecated = DEPRECATED_RUNTIMES.contains(&f.runtime.as_str());
+        vec![
+            ok("function.exists", f.arn.clone()),
+            check(
+                "function.owned",
+                f.owned,
+                "tagged as ours",
+                "not tagged as created by this deployment",
+                "choose another --name or remove the function by hand",
+            ),
+            state_check(f),
+            // An update still running is not a failure: the previous code keeps serving until
+            // it completes, and CI often checks right after a deploy.
+            check(
+                "function.last_update",
+                f.last_update_status != "Failed",
+                if f.last_update_status == "InProgress" {
+                    "InProgress (an update is running)".to_string()
+                } else {
+                    f.last_update_status.clone()
+                },
+                "the last update Failed: Lambda kept the previous code",
+                SETUP,
+            ),
+            check(
+                "function.runtime",
+                f.runtime == desired.runtime && !deprecated,
+                f.runtime.clone(),
+                if deprecated {
+                    format!("{} is deprecated by Lambda", f.runtime)
+                } else {
+                    format!("{} (config says {})", f.runtime, desired.runtime)
+                },
+                SETUP,
+            ),
+            check(
+                "function.timeout",
+                f.timeout <= crate::config::MAX_TIMEOUT_SECONDS
+                    && f.timeout == desired.timeout_seconds,
+                format!("{} s", f.timeout),
+                format!(
+                    "{} s (IoT stops waiting after 5 s; config says {} s)",
+                    f.timeout, desired.timeout_seconds
+                ),
+                SETUP,
+            ),
+            check(
+                "function.role",
+                f.role == desired.role_arn(),
+                "our role",
+                format!("runs as {}", f.role),
+                SETUP,
+            ),
+            check(
+                "function.code",
+                f.code_sha256 == desired.package.sha256 && f.handler == desired.package.handler,
+                "identical to what setup would deploy",
+                "differs from what setup would deploy from the current config (devices added or removed, or code changed by hand)",
+                SETUP,
+            ),
+        ]
+    }
+
+    fn refuse(&self, desired: &Desired, observed: &All, _: &SetupOptions) -> Result<()> {
+        let n = &desired.names;
+        if observed.function.as_ref().is_some_and(|f| !f.owned) {
+            bail!(Failure::new(
+                not_ours("Lambda function", &n.function, &n.deployment),
+                NOT_OURS_HINT
+            ));
+        }
+        Ok(())
+    }
+
+    fn plan(&self, desired: &Desired, observed: &All) -> Outcome {
+        plan(desired, observed.function.as_ref()).outcome(self.kind(), &desired.names.function)
+    }
+
+    fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let plan = plan(step.desired, step.observed.function.as_ref());
+            if let Some(state) = &plan.reactivate {
+                reactivate(step, state).await?;
+            }
+            apply(step.app, &step.clients.lambda, step.desired, &plan).await
+        })
+    }
+
+    fn removal(&self, names: &Names, observed: &All) -> Removal {
+        match &observed.function {
+            None => Removal::Absent,
+            Some(f) if f.owned => {
+                Removal::Delete(Outcome::new(self.kind(), &names.function, Action::Deleted))
+            }
+            Some(_) => {
+                Removal::Skip(
+                    Outcome::new(self.kind(), &names.function, Action::Skipped).with(vec![
+                        not_ours("Lambda function", &names.function, &names.deployment),
+                    ]),
+                )
+            }
+        }
+    }
+
+    fn delete<'a>(
+        &'a self,
+        _: &'a App,
+        clients: &'a Clients,
+        names: &'a Names,
+        _: &'a All,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(delete(&clients.lambda, &names.function))
     }
 }
 
@@ -382,6 +705,8 @@ mod tests {
             role: d.role_arn(),
             code_sha256: "abc=".into(),
             state: "Active".into(),
+            state_reason_code: String::new(),
+            state_reason: String::new(),
             last_update_status: "Successful".into(),
             owned: true,
         }

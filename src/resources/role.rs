@@ -1,13 +1,25 @@
 //! The function's IAM execution role: trusts only `lambda.amazonaws.com`, carries
 //! `AWSLambdaBasicExecutionRole` and nothing else.
 
-use anyhow::{Context as _, Result};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
 use aws_sdk_iam::Client;
 use aws_sdk_iam::types::Tag;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
-use crate::error::AwsResultExt;
-use crate::names::{BASIC_EXECUTION_POLICY_ARN, Names, OWNER_TAG, owned_by};
+use futures::future::BoxFuture;
+
+use crate::app::App;
+use crate::aws::Clients;
+use crate::error::{AwsResultExt, Failure};
+use crate::names::{Names, OWNER_TAG, owned_by};
+use crate::resources::check::{SETUP, check, fail, ok};
+use crate::resources::{
+    Action, Check, Desired, NOT_OURS_HINT, Observed as All, Outcome, Planned as _, Reading,
+    Removal, Resource, SetupOptions, Step, not_ours,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
@@ -140,8 +152,9 @@ impl Plan {
     }
 }
 
-/// Pure: what to change. An existing role that is not ours must be handled by the caller.
-pub fn plan(observed: Option<&Observed>) -> Plan {
+/// Pure: what to change, with `basic` the ARN of AWSLambdaBasicExecutionRole in the caller's
+/// partition. An existing role that is not ours must be handled by the caller.
+pub fn plan(basic: &str, observed: Option<&Observed>) -> Plan {
     let Some(o) = observed else {
         return Plan {
             create: true,
@@ -152,18 +165,14 @@ pub fn plan(observed: Option<&Observed>) -> Plan {
     Plan {
         create: false,
         update_trust: !trusts_only_lambda(&o.trust_policy),
-        attach_basic: !o.attached.iter().any(|a| a == BASIC_EXECUTION_POLICY_ARN),
-        detach: o
-            .attached
-            .iter()
-            .filter(|a| *a != BASIC_EXECUTION_POLICY_ARN)
-            .cloned()
-            .collect(),
+        attach_basic: !o.attached.iter().any(|a| a == basic),
+        detach: o.attached.iter().filter(|a| *a != basic).cloned().collect(),
         delete_inline: o.inline.clone(),
     }
 }
 
-pub async fn apply(iam: &Client, names: &Names, plan: &Plan) -> Result<()> {
+pub async fn apply(iam: &Client, desired: &Desired, plan: &Plan) -> Result<()> {
+    let names = &desired.names;
     let policy = trust_policy().to_string();
     if plan.create {
         iam.create_role()
@@ -195,7 +204,7 @@ pub async fn apply(iam: &Client, names: &Names, plan: &Plan) -> Result<()> {
     if plan.attach_basic {
         iam.attach_role_policy()
             .role_name(&names.role)
-            .policy_arn(BASIC_EXECUTION_POLICY_ARN)
+            .policy_arn(desired.basic_execution_policy_arn())
             .send()
             .await
             .aws("iam:AttachRolePolicy")?;
@@ -228,18 +237,194 @@ async fn detach_all(
     Ok(())
 }
 
+/// How long teardown retries DeleteRole while IAM still reports the policies it just detached
+/// (`DeleteConflict`; IAM is eventually consistent, and Terraform retries exactly this). AWS gives
+/// no bound; propagation takes seconds.
+const DELETE_CONFLICT_BUDGET: Duration = Duration::from_secs(60);
+const DELETE_CONFLICT_DELAY: Duration = Duration::from_secs(2);
+
 /// Detaches every policy, then deletes the role (IAM refuses while policies are attached).
-pub async fn delete(iam: &Client, names: &Names, observed: &Observed) -> Result<()> {
+pub async fn delete(app: &App, iam: &Client, names: &Names, observed: &Observed) -> Result<()> {
     detach_all(iam, names, &observed.attached, &observed.inline).await?;
-    match iam.delete_role().role_name(&names.role).send().await {
-        Ok(_) => Ok(()),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_no_such_entity_exception()) =>
-        {
-            Ok(())
+    let started = Instant::now();
+    loop {
+        match iam.delete_role().role_name(&names.role).send().await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_no_such_entity_exception()) =>
+            {
+                return Ok(());
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_delete_conflict_exception())
+                    && started.elapsed() + DELETE_CONFLICT_DELAY <= DELETE_CONFLICT_BUDGET =>
+            {
+                app.progress(format!(
+                    "  IAM still sees policies on role {} right after detaching them; retrying DeleteRole ({}s so far, up to {}s)",
+                    names.role,
+                    started.elapsed().as_secs(),
+                    DELETE_CONFLICT_BUDGET.as_secs()
+                ));
+                tokio::time::sleep(DELETE_CONFLICT_DELAY).await;
+            }
+            Err(e) => {
+                return Err(e).aws("iam:DeleteRole").with_context(|| {
+                    format!(
+                        "deleting role {} (retried for up to {}s while IAM propagated the detach)",
+                        names.role,
+                        DELETE_CONFLICT_BUDGET.as_secs()
+                    )
+                });
+            }
         }
-        Err(e) => Err(e).aws("iam:DeleteRole"),
+    }
+}
+
+/// The role as one of the deployment's resources.
+pub struct Role;
+pub static RESOURCE: Role = Role;
+
+impl Resource for Role {
+    fn kind(&self) -> &'static str {
+        "role"
+    }
+
+    fn label(&self) -> &'static str {
+        "IAM role"
+    }
+
+    fn after(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn read<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+    ) -> BoxFuture<'a, Result<Reading>> {
+        Box::pin(async move {
+            let found = read(&clients.iam, names).await?;
+            Ok(Box::new(move |o: &mut All| o.role = found) as Reading)
+        })
+    }
+
+    fn checks(&self, desired: &Desired, observed: &All) -> Vec<Check> {
+        let Some(r) = &observed.role else {
+            return vec![fail(
+                "role.exists",
+                format!("IAM role {} not found", desired.names.role),
+                SETUP,
+            )];
+        };
+        let basic_arn = desired.basic_execution_policy_arn();
+        let basic = r.attached.contains(&basic_arn);
+        let extra: Vec<&str> = r
+            .attached
+            .iter()
+            .filter(|a| **a != basic_arn)
+            .chain(&r.inline)
+            .map(String::as_str)
+            .collect();
+        vec![
+            ok("role.exists", r.arn.clone()),
+            check(
+                "role.owned",
+                r.owned,
+                "tagged as ours",
+                "not tagged as created by this deployment",
+                "choose another --name or remove the role by hand",
+            ),
+            check(
+                "role.trust_policy",
+                trusts_only_lambda(&r.trust_policy),
+                "trusts lambda.amazonaws.com only",
+                "trust policy does not limit the role to lambda.amazonaws.com",
+                SETUP,
+            ),
+            check(
+                "role.execution_policy",
+                basic && extra.is_empty(),
+                "AWSLambdaBasicExecutionRole only",
+                if basic {
+                    format!("extra policies: {}", extra.join(", "))
+                } else {
+                    "AWSLambdaBasicExecutionRole is not attached".to_string()
+                },
+                SETUP,
+            ),
+        ]
+    }
+
+    fn refuse(&self, desired: &Desired, observed: &All, _: &SetupOptions) -> Result<()> {
+        let n = &desired.names;
+        if observed.role.as_ref().is_some_and(|r| !r.owned) {
+            bail!(Failure::new(
+                not_ours("IAM role", &n.role, &n.deployment),
+                NOT_OURS_HINT
+            ));
+        }
+        Ok(())
+    }
+
+    fn plan(&self, desired: &Desired, observed: &All) -> Outcome {
+        plan(
+            &desired.basic_execution_policy_arn(),
+            observed.role.as_ref(),
+        )
+        .outcome(self.kind(), &desired.names.role)
+    }
+
+    fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let basic = step.desired.basic_execution_policy_arn();
+            let plan = plan(&basic, step.observed.role.as_ref());
+            apply(&step.clients.iam, step.desired, &plan).await
+        })
+    }
+
+    /// Never while a function that is not ours still runs as the role: deleting it would break
+    /// that function. (A function whose tags could not be read stops teardown before this.)
+    fn removal(&self, names: &Names, observed: &All) -> Removal {
+        let user = observed
+            .function
+            .as_ref()
+            .filter(|f| !f.owned && observed.role.as_ref().is_some_and(|r| r.arn == f.role));
+        match &observed.role {
+            None => Removal::Absent,
+            Some(r) if r.owned && user.is_some() => Removal::Skip(
+                Outcome::new(self.kind(), &names.role, Action::Skipped).with(vec![format!(
+                    "still the execution role of function `{}`, which is not this deployment's",
+                    names.function
+                )]),
+            ),
+            Some(r) if r.owned => {
+                Removal::Delete(Outcome::new(self.kind(), &names.role, Action::Deleted))
+            }
+            Some(_) => Removal::Skip(
+                Outcome::new(self.kind(), &names.role, Action::Skipped).with(vec![not_ours(
+                    "IAM role",
+                    &names.role,
+                    &names.deployment,
+                )]),
+            ),
+        }
+    }
+
+    fn delete<'a>(
+        &'a self,
+        app: &'a App,
+        clients: &'a Clients,
+        names: &'a Names,
+        observed: &'a All,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            match &observed.role {
+                Some(r) => delete(app, &clients.iam, names, r).await,
+                None => Ok(()),
+            }
+        })
     }
 }
 
@@ -247,11 +432,13 @@ pub async fn delete(iam: &Client, names: &Names, observed: &Observed) -> Result<
 mod tests {
     use super::*;
 
+    const BASIC: &str = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole";
+
     fn observed() -> Observed {
         Observed {
             arn: "arn".into(),
             trust_policy: trust_policy(),
-            attached: vec![BASIC_EXECUTION_POLICY_ARN.into()],
+            attached: vec![BASIC.into()],
             inline: vec![],
             owned: true,
         }
@@ -259,12 +446,12 @@ mod tests {
 
     #[test]
     fn a_correct_role_needs_nothing() {
-        assert_eq!(plan(Some(&observed())), Plan::default());
+        assert_eq!(plan(BASIC, Some(&observed())), Plan::default());
     }
 
     #[test]
     fn a_missing_role_is_created_with_the_basic_policy() {
-        let p = plan(None);
+        let p = plan(BASIC, None);
         assert!(p.create && p.attach_basic && !p.update_trust);
     }
 
@@ -274,7 +461,7 @@ mod tests {
         o.attached = vec!["arn:aws:iam::aws:policy/AdministratorAccess".into()];
         o.inline = vec!["extra".into()];
         o.trust_policy = json!({"Statement":[{"Effect":"Allow","Principal":{"Service":["lambda.amazonaws.com","ec2.amazonaws.com"]},"Action":"sts:AssumeRole"}]});
-        let p = plan(Some(&o));
+        let p = plan(BASIC, Some(&o));
         assert!(p.update_trust && p.attach_basic);
         assert_eq!(
             p.detach,
