@@ -42,6 +42,7 @@ def main() -> None:
     import behaviour
     import iot_authorizers
     import lambda_realism
+    import logs
     from middleware import StandInMiddleware
 
     behaviour.STATE.set_start_values(
@@ -55,6 +56,7 @@ def main() -> None:
     )
     iot_authorizers.install()
     lambda_realism.install()
+    logs.install()
 
     app = StandInMiddleware(DomainDispatcherApplication(create_backend_app))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)

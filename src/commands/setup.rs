@@ -1,6 +1,7 @@
 //! `setup`: the manual recipe as one idempotent command. Read everything, refuse what must not be
 //! touched before changing anything, then create or update only what differs, in the order AWS
-//! needs: role → function → authorizer → permission → default authorizer.
+//! needs: role → log group → function → authorizer → permission → default authorizer. The log
+//! group comes before the function, so that Lambda never creates it first without a retention.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use crate::app::App;
 use crate::error::{Failure, exit};
 use crate::resources::{
     self, Action, Desired, Observed, Outcome, Planned, authorizer, default_authorizer, endpoint,
-    function, not_ours, permission, role,
+    function, log_group, not_ours, permission, role,
 };
 
 #[derive(Debug, Args)]
@@ -106,20 +107,27 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
     let plan = role::plan(observed.role.as_ref());
     report
         .resources
-        .push(steps.role(&plan).await.context("step 1/5: IAM role")?);
+        .push(steps.role(&plan).await.context("step 1/6: IAM role")?);
+    let plan = log_group::plan(desired.log_retention_days, observed.log_group.as_ref());
+    report.resources.push(
+        steps
+            .log_group(&plan)
+            .await
+            .context("step 2/6: log group")?,
+    );
     let plan = function::plan(&desired, observed.function.as_ref());
     report.resources.push(
         steps
             .function(&plan)
             .await
-            .context("step 2/5: Lambda function")?,
+            .context("step 3/6: Lambda function")?,
     );
     let plan = authorizer::plan(&desired, observed.authorizer.as_ref());
     report.resources.push(
         steps
             .authorizer(&plan)
             .await
-            .context("step 3/5: IoT authorizer")?,
+            .context("step 4/6: IoT authorizer")?,
     );
     // Deleting and recreating the function drops its policy, so a function created just now has
     // no statement whatever was read before.
@@ -132,13 +140,13 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
         steps
             .permission(statement)
             .await
-            .context("step 4/5: invoke permission")?,
+            .context("step 5/6: invoke permission")?,
     );
     report.resources.push(
         steps
             .default_authorizer(observed.default_authorizer.as_deref())
             .await
-            .context("step 5/5: default authorizer")?,
+            .context("step 6/6: default authorizer")?,
     );
 
     report.connection = Some(connection(&desired, &config, address));
@@ -217,6 +225,27 @@ impl Steps<'_> {
         self.doing("IAM role", &outcome);
         if !self.dry_run {
             role::apply(&self.clients.iam, &self.desired.names, plan).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn log_group(&self, plan: &log_group::Plan) -> Result<Outcome> {
+        let name = log_group::name(&self.desired.names);
+        if plan.not_ours {
+            // [silent] A log group Lambda created before this tool managed it (an older
+            // deployment) has no tag. Unlike the other resources it blocks nothing and holds
+            // logs, so setup neither refuses nor adopts it: it reports it and leaves it alone.
+            return Ok(
+                Outcome::new("log-group", &name, Action::Skipped).with(vec![format!(
+                    "{}; its retention is left as it is",
+                    not_ours("log group", &name, &self.desired.names.deployment)
+                )]),
+            );
+        }
+        let outcome = plan.outcome("log-group", &name);
+        self.doing("log group", &outcome);
+        if !self.dry_run {
+            log_group::apply(&self.clients.logs, &self.desired.names, plan).await?;
         }
         Ok(outcome)
     }
@@ -338,7 +367,7 @@ impl fmt::Display for Report {
         let changed = self
             .resources
             .iter()
-            .filter(|o| o.action != Action::Unchanged)
+            .filter(|o| !matches!(o.action, Action::Unchanged | Action::Skipped))
             .count();
         let verb = if self.dry_run {
             "would change"

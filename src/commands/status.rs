@@ -16,7 +16,7 @@ use crate::commands::connect::{self, ConnectOptions};
 use crate::config::Config;
 use crate::error::{AwsResultExt, Failure, exit};
 use crate::names::BASIC_EXECUTION_POLICY_ARN;
-use crate::resources::{self, Desired, Observed, endpoint, function, permission};
+use crate::resources::{self, Desired, Observed, endpoint, function, log_group, permission};
 use crate::tls::Target;
 use crate::{bundle, policy, verifier};
 
@@ -233,6 +233,56 @@ pub fn checks(desired: &Desired, observed: &Observed) -> Vec<Check> {
                 f.code_sha256 == desired.package.sha256 && f.handler == desired.package.handler,
                 "identical to what setup would deploy",
                 "differs from what setup would deploy from the current config (devices added or removed, or code changed by hand)",
+                SETUP,
+            ));
+            // `logs` filters on JSON fields, which Lambda's default Text lines never have.
+            out.push(check(
+                "function.logging",
+                f.logging.is_desired(n),
+                format!("JSON lines into {}", f.logging.group),
+                format!(
+                    "logs {} lines into {} (setup deploys JSON into {}; `logs` cannot filter Text lines)",
+                    f.logging.format,
+                    f.logging.group,
+                    log_group::name(n)
+                ),
+                SETUP,
+            ));
+        }
+    }
+    let group = log_group::name(n);
+    match &observed.log_group {
+        None => out.push(fail(
+            "log_group.exists",
+            format!("log group {group} not found (Lambda would create it without a retention)"),
+            SETUP,
+        )),
+        Some(g) => {
+            out.push(ok("log_group.exists", group.clone()));
+            out.push(check(
+                "log_group.owned",
+                g.owned,
+                "tagged as ours",
+                "not tagged as created by this deployment: setup leaves its retention alone",
+                format!(
+                    "tag it to let setup manage it: `aws logs tag-resource --resource-arn {} --tags {}={}`, or delete it by hand",
+                    g.arn,
+                    crate::names::OWNER_TAG,
+                    n.deployment
+                )
+                .as_str(),
+            ));
+            let shown =
+                |d: Option<i32>| d.map_or("never expire".to_string(), |d| format!("{d} days"));
+            out.push(check(
+                "log_group.retention",
+                g.retention_days == Some(desired.log_retention_days),
+                shown(g.retention_days),
+                format!(
+                    "{} (config says {} days)",
+                    shown(g.retention_days),
+                    desired.log_retention_days
+                ),
                 SETUP,
             ));
         }
@@ -509,7 +559,12 @@ async fn probe(
         fail(
             "probe.allowed",
             format!("`{user}` with its password was refused"),
-            "check the password, or run `setup` if the device was added since",
+            crate::commands::logs::with_hint(
+                app,
+                Some("check the password, or run `setup` if the device was added since".into()),
+                user,
+                Some(client_id.as_str()),
+            ),
         )
     } else if got != expected {
         fail(
@@ -586,11 +641,13 @@ impl fmt::Display for Report {
             self.deployment, self.region, self.account
         )?;
         let width = self.checks.iter().map(|c| c.id.len()).max().unwrap_or(0);
+        let colour = crate::progress::colour();
         for c in &self.checks {
+            use crate::progress::{Colour, paint};
             let mark = match c.state {
-                State::Ok => "ok  ",
-                State::Fail => "FAIL",
-                State::Skip => "skip",
+                State::Ok => paint("ok  ", Colour::Green, colour),
+                State::Fail => paint("FAIL", Colour::Red, colour),
+                State::Skip => paint("skip", Colour::Yellow, colour),
             };
             writeln!(f, "  {mark}  {:<width$}  {}", c.id, c.detail)?;
             if let Some(fix) = &c.fix {
@@ -642,6 +699,10 @@ mod tests {
                 state: "Active".into(),
                 last_update_status: "Successful".into(),
                 owned: true,
+                logging: log_group::Logging::from_config(
+                    Some(&log_group::logging_config(&d.names)),
+                    &d.names,
+                ),
             }),
             authorizer: Some(authorizer::Observed {
                 arn: d.authorizer_arn(),
@@ -657,6 +718,12 @@ mod tests {
                 source_account: Some(d.account.clone()),
             }),
             default_authorizer: Some(d.names.authorizer.clone()),
+            log_group: Some(log_group::Observed {
+                arn: "arn:aws:logs:eu-west-1:111122223333:log-group:/aws/lambda/d-authorizer"
+                    .into(),
+                retention_days: Some(30),
+                owned: true,
+            }),
         };
         (d, o)
     }
@@ -709,6 +776,19 @@ mod tests {
             }),
             ("role.trust_policy", |o| {
                 o.role.as_mut().unwrap().trust_policy = serde_json::json!({})
+            }),
+            ("function.logging", |o| {
+                o.function.as_mut().unwrap().logging.format = "Text".into()
+            }),
+            ("log_group.exists", |o| o.log_group = None),
+            ("log_group.retention", |o| {
+                o.log_group.as_mut().unwrap().retention_days = Some(7)
+            }),
+            ("log_group.retention", |o| {
+                o.log_group.as_mut().unwrap().retention_days = None
+            }),
+            ("log_group.owned", |o| {
+                o.log_group.as_mut().unwrap().owned = false
             }),
         ];
         for (id, brk) in cases {

@@ -1,5 +1,6 @@
 //! `teardown`: removes what `setup` created, in the order AWS requires (default authorizer →
-//! authorizer, deactivated first → permission → function → role), and only what carries this
+//! authorizer, deactivated first → permission → function → its log group → role), and only what
+//! carries this
 //! deployment's owner tag. Keeps going past a failure and reports each one.
 
 use std::fmt;
@@ -14,7 +15,7 @@ use crate::aws::Clients;
 use crate::error::{Failure, exit};
 use crate::names::Names;
 use crate::resources::{
-    self, Action, Observed, Outcome, authorizer, default_authorizer, function, not_ours,
+    self, Action, Observed, Outcome, authorizer, default_authorizer, function, log_group, not_ours,
     permission, role,
 };
 
@@ -32,6 +33,7 @@ enum Step {
     DeleteAuthorizer { active: bool },
     RemovePermission,
     DeleteFunction,
+    DeleteLogGroup,
     DeleteRole(role::Observed),
 }
 
@@ -42,6 +44,7 @@ impl Step {
             Step::DeleteAuthorizer { .. } => "authorizer",
             Step::RemovePermission => "permission",
             Step::DeleteFunction => "function",
+            Step::DeleteLogGroup => "log-group",
             Step::DeleteRole(_) => "role",
         }
     }
@@ -51,6 +54,7 @@ impl Step {
             Step::ClearDefault | Step::DeleteAuthorizer { .. } => names.authorizer.clone(),
             Step::RemovePermission => names.statement_id.clone(),
             Step::DeleteFunction => names.function.clone(),
+            Step::DeleteLogGroup => log_group::name(names),
             Step::DeleteRole(_) => names.role.clone(),
         }
     }
@@ -84,6 +88,16 @@ fn plan(names: &Names, observed: &Observed) -> (Vec<Step>, Vec<Outcome>) {
             "function",
             &names.function,
             not_ours("Lambda function", &names.function, &names.deployment),
+        )),
+        None => {}
+    }
+    // After the function, so that no invocation recreates it (Lambda would, without retention).
+    match &observed.log_group {
+        Some(g) if g.owned => steps.push(Step::DeleteLogGroup),
+        Some(_) => skipped.push(skip(
+            "log-group",
+            &log_group::name(names),
+            not_ours("log group", &log_group::name(names), &names.deployment),
         )),
         None => {}
     }
@@ -165,6 +179,7 @@ async fn execute(clients: &Clients, names: &Names, step: &Step) -> Result<()> {
         }
         Step::RemovePermission => permission::remove(&clients.lambda, names).await,
         Step::DeleteFunction => function::delete(&clients.lambda, &names.function).await,
+        Step::DeleteLogGroup => log_group::delete(&clients.logs, names).await,
         Step::DeleteRole(observed) => role::delete(&clients.iam, names, observed).await,
     }
 }
@@ -261,6 +276,7 @@ mod tests {
                 state: "Active".into(),
                 last_update_status: "Successful".into(),
                 owned,
+                logging: crate::resources::log_group::Logging::from_config(None, &d.names),
             }),
             authorizer: Some(a::Observed {
                 arn: d.authorizer_arn(),
@@ -271,6 +287,11 @@ mod tests {
             }),
             permission: Some(crate::resources::permission::Observed::default()),
             default_authorizer: Some("d".into()),
+            log_group: Some(log_group::Observed {
+                arn: String::new(),
+                retention_days: None,
+                owned,
+            }),
         }
     }
 
@@ -286,6 +307,7 @@ mod tests {
                 "authorizer",
                 "permission",
                 "function",
+                "log-group",
                 "role"
             ]
         );
@@ -298,7 +320,7 @@ mod tests {
         let names = Names::new("d").unwrap();
         let (steps, skipped) = plan(&names, &everything(false));
         assert!(steps.is_empty());
-        assert_eq!(skipped.len(), 3);
+        assert_eq!(skipped.len(), 4);
         assert!(skipped.iter().all(|o| o.action == Action::Skipped));
     }
 

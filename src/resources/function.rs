@@ -15,7 +15,7 @@ use aws_sdk_lambda::types::{
 use crate::app::App;
 use crate::error::{AwsResultExt, Failure};
 use crate::names::{Names, OWNER_TAG, owned_by};
-use crate::resources::Desired;
+use crate::resources::{Desired, log_group};
 
 /// How long `setup` keeps retrying CreateFunction while IAM propagates a new role. AWS gives no
 /// bound; seconds are typical, tools wait 1 to 5 minutes (aws-facts.md §5).
@@ -53,6 +53,7 @@ pub struct Observed {
     pub state: String,
     pub last_update_status: String,
     pub owned: bool,
+    pub logging: log_group::Logging,
 }
 
 pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
@@ -100,6 +101,7 @@ pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
             .map(|s| s.as_str().to_string())
             .unwrap_or_default(),
         owned,
+        logging: log_group::Logging::from_config(c.logging_config(), names),
     }))
 }
 
@@ -163,6 +165,9 @@ pub fn plan(desired: &Desired, observed: Option<&Observed>) -> Plan {
     if o.role != desired.role_arn() {
         config.push("role");
     }
+    if !o.logging.is_desired(&desired.names) {
+        config.push("logging");
+    }
     Plan {
         create: false,
         update_code: o.code_sha256 != desired.package.sha256,
@@ -192,6 +197,7 @@ pub async fn apply(app: &App, lambda: &Client, desired: &Desired, plan: &Plan) -
             .timeout(desired.timeout_seconds)
             .memory_size(desired.memory_mb)
             .role(desired.role_arn())
+            .logging_config(log_group::logging_config(&desired.names))
             .send()
             .await
             .aws("lambda:UpdateFunctionConfiguration")?;
@@ -235,6 +241,7 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                     .build(),
             )
             .tags(OWNER_TAG, &desired.names.deployment)
+            .logging_config(log_group::logging_config(&desired.names))
             .send()
             .await;
         match result {
@@ -257,7 +264,7 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                         "IAM is slow to propagate new roles; run `setup` again in a minute (it resumes where it stopped)"
                     ));
                 }
-                app.progress(format!(
+                let _wait = app.wait(format!(
                     "  waiting for IAM to propagate role {} to Lambda ({}s so far, up to {}s)",
                     desired.names.role,
                     waited.as_secs(),
@@ -276,7 +283,7 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
 }
 
 async fn wait_active(app: &App, lambda: &Client, name: &str) -> Result<()> {
-    app.progress(format!(
+    let _wait = app.wait(format!(
         "  waiting for function {name} to become Active (up to {}s)",
         READY_BUDGET.as_secs()
     ));
@@ -289,7 +296,7 @@ async fn wait_active(app: &App, lambda: &Client, name: &str) -> Result<()> {
 }
 
 async fn wait_updated(app: &App, lambda: &Client, name: &str) -> Result<()> {
-    app.progress(format!(
+    let _wait = app.wait(format!(
         "  waiting for function {name} to finish updating (up to {}s)",
         READY_BUDGET.as_secs()
     ));
@@ -384,6 +391,10 @@ mod tests {
             state: "Active".into(),
             last_update_status: "Successful".into(),
             owned: true,
+            logging: log_group::Logging::from_config(
+                Some(&log_group::logging_config(&d.names)),
+                &d.names,
+            ),
         }
     }
 

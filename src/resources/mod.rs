@@ -6,6 +6,7 @@ pub mod authorizer;
 pub mod default_authorizer;
 pub mod endpoint;
 pub mod function;
+pub mod log_group;
 pub mod permission;
 pub mod role;
 
@@ -28,6 +29,7 @@ pub struct Desired {
     pub memory_mb: i32,
     pub timeout_seconds: i32,
     pub default_authorizer: bool,
+    pub log_retention_days: i32,
 }
 
 impl Desired {
@@ -50,6 +52,7 @@ impl Desired {
             memory_mb: config.deployment.memory_mb,
             timeout_seconds: config.deployment.timeout_seconds,
             default_authorizer,
+            log_retention_days: config.deployment.log_retention_days,
         })
     }
 
@@ -72,6 +75,7 @@ pub struct Observed {
     pub authorizer: Option<authorizer::Observed>,
     pub permission: Option<permission::Observed>,
     pub default_authorizer: Option<String>,
+    pub log_group: Option<log_group::Observed>,
 }
 
 impl Observed {
@@ -80,19 +84,21 @@ impl Observed {
             && self.function.is_none()
             && self.authorizer.is_none()
             && self.permission.is_none()
+            && !self.log_group.as_ref().is_some_and(|g| g.owned)
     }
 }
 
 /// Reads the caller's identity and every resource at once: the reads are independent, so they
 /// run concurrently and a command's read phase costs one round trip, not seven.
 pub async fn read_all(clients: &Clients, names: &Names) -> Result<(Identity, Observed)> {
-    let (identity, role, function, authorizer, permission, default_authorizer) = tokio::try_join!(
+    let (identity, role, function, authorizer, permission, default_authorizer, log_group) = tokio::try_join!(
         crate::aws::identity(clients),
         role::read(&clients.iam, names),
         function::read(&clients.lambda, names),
         authorizer::read(&clients.iot, names),
         permission::read(&clients.lambda, names),
         default_authorizer::read(&clients.iot),
+        log_group::read(&clients.logs, names),
     )?;
     Ok((
         identity,
@@ -102,6 +108,7 @@ pub async fn read_all(clients: &Clients, names: &Names) -> Result<(Identity, Obs
             authorizer,
             permission,
             default_authorizer,
+            log_group,
         },
     ))
 }
@@ -225,6 +232,7 @@ pub mod tests {
             memory_mb: 128,
             timeout_seconds: 5,
             default_authorizer: true,
+            log_retention_days: 30,
         }
     }
 }

@@ -1,0 +1,277 @@
+//! The function's CloudWatch Logs log group `/aws/lambda/<function>`. Lambda creates it on the
+//! first invocation with no retention (every login line kept, and paid for, forever) and leaves it
+//! behind when the function is deleted (aws-facts.md §13), so `setup` creates it first, with a
+//! retention and our owner tag, and `teardown` deletes it when it is ours.
+//!
+//! The function is told to log there in JSON ([`logging_config`]): CloudWatch filter patterns on
+//! JSON fields, which `logs` uses, never match Lambda's default Text lines.
+
+use anyhow::Result;
+use aws_sdk_cloudwatchlogs::Client;
+use aws_sdk_lambda::types::{LogFormat, LoggingConfig};
+
+use crate::error::AwsResultExt;
+use crate::names::{Names, OWNER_TAG, owned_by};
+
+/// The log group Lambda writes the function's output to.
+pub fn name(names: &Names) -> String {
+    format!("/aws/lambda/{}", names.function)
+}
+
+/// Its ARN, as IAM policies and ListTagsForResource name it (without DescribeLogGroups' `:*`).
+pub fn arn(names: &Names, region: &str, account: &str) -> String {
+    format!("arn:aws:logs:{region}:{account}:log-group:{}", name(names))
+}
+
+/// What `setup` deploys the function with: JSON lines into our log group.
+pub fn logging_config(names: &Names) -> LoggingConfig {
+    LoggingConfig::builder()
+        .log_format(LogFormat::Json)
+        .log_group(name(names))
+        .build()
+}
+
+/// The function's logging as read back: its format and group. Lambda fills in defaults (Text,
+/// `/aws/lambda/<function>`) when none was set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logging {
+    pub format: String,
+    pub group: String,
+}
+
+impl Logging {
+    pub fn from_config(config: Option<&LoggingConfig>, names: &Names) -> Self {
+        Self {
+            format: config
+                .and_then(|c| c.log_format())
+                .map_or("Text", |f| f.as_str())
+                .to_string(),
+            group: config
+                .and_then(|c| c.log_group())
+                .map_or_else(|| name(names), str::to_string),
+        }
+    }
+
+    /// Pure: whether the function logs the way `logs` and the log group's retention rely on.
+    pub fn is_desired(&self, names: &Names) -> bool {
+        self.format == LogFormat::Json.as_str() && self.group == name(names)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub arn: String,
+    /// None: kept forever.
+    pub retention_days: Option<i32>,
+    pub owned: bool,
+}
+
+pub async fn read(logs: &Client, names: &Names) -> Result<Option<Observed>> {
+    let wanted = name(names);
+    // The prefix also matches longer names (`/aws/lambda/x-authorizer-old`): page until ours.
+    let mut token = None;
+    let group = loop {
+        let out = logs
+            .describe_log_groups()
+            .log_group_name_prefix(&wanted)
+            .set_next_token(token)
+            .send()
+            .await
+            .aws("logs:DescribeLogGroups")?;
+        if let Some(g) = out
+            .log_groups()
+            .iter()
+            .find(|g| g.log_group_name() == Some(wanted.as_str()))
+        {
+            break g.clone();
+        }
+        match out.next_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => return Ok(None),
+        }
+    };
+    let arn = group
+        .log_group_arn()
+        .map(str::to_string)
+        .or_else(|| group.arn().map(|a| a.trim_end_matches(":*").to_string()))
+        .unwrap_or_default();
+    let tags = match logs
+        .list_tags_for_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+    {
+        Ok(out) => out.tags().cloned().unwrap_or_default(),
+        // Deleted between the two reads: gone.
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).aws("logs:ListTagsForResource"),
+    };
+    Ok(Some(Observed {
+        arn,
+        retention_days: group.retention_in_days(),
+        owned: owned_by(
+            tags.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &names.deployment,
+        ),
+    }))
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub create: bool,
+    /// The retention to set, when it differs (or the group is new).
+    pub retention: Option<i32>,
+    /// The group exists but is not ours: left alone.
+    pub not_ours: bool,
+}
+
+impl crate::resources::Planned for Plan {
+    fn creates(&self) -> bool {
+        self.create
+    }
+
+    fn changes(&self) -> Vec<String> {
+        self.retention
+            .map(|d| vec![format!("retention {d} days")])
+            .unwrap_or_default()
+    }
+}
+
+/// Pure: what `setup` does to the log group.
+pub fn plan(retention_days: i32, observed: Option<&Observed>) -> Plan {
+    match observed {
+        None => Plan {
+            create: true,
+            retention: Some(retention_days),
+            not_ours: false,
+        },
+        Some(o) if !o.owned => Plan {
+            create: false,
+            retention: None,
+            not_ours: true,
+        },
+        Some(o) => Plan {
+            create: false,
+            retention: (o.retention_days != Some(retention_days)).then_some(retention_days),
+            not_ours: false,
+        },
+    }
+}
+
+pub async fn apply(logs: &Client, names: &Names, plan: &Plan) -> Result<()> {
+    let group = name(names);
+    if plan.create {
+        match logs
+            .create_log_group()
+            .log_group_name(&group)
+            .tags(OWNER_TAG, &names.deployment)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            // Lambda created it in between (an invocation of an older function of this name):
+            // it has no tag, so it is not ours and keeps whatever retention it has.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_already_exists_exception()) =>
+            {
+                anyhow::bail!(crate::error::Failure::new(
+                    format!("log group {group} appeared while setup was creating it"),
+                    "run `iot-custom-auth setup` again"
+                ));
+            }
+            Err(e) => return Err(e).aws("logs:CreateLogGroup"),
+        }
+    }
+    if let Some(days) = plan.retention {
+        logs.put_retention_policy()
+            .log_group_name(&group)
+            .retention_in_days(days)
+            .send()
+            .await
+            .aws("logs:PutRetentionPolicy")?;
+    }
+    Ok(())
+}
+
+pub async fn delete(logs: &Client, names: &Names) -> Result<()> {
+    match logs
+        .delete_log_group()
+        .log_group_name(name(names))
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).aws("logs:DeleteLogGroup"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Planned;
+
+    fn ours(days: Option<i32>) -> Observed {
+        Observed {
+            arn: "arn".into(),
+            retention_days: days,
+            owned: true,
+        }
+    }
+
+    #[test]
+    fn a_missing_group_is_created_with_its_retention() {
+        let p = plan(30, None);
+        assert!(p.create);
+        assert_eq!(p.retention, Some(30));
+    }
+
+    #[test]
+    fn only_a_different_retention_is_changed() {
+        assert_eq!(
+            plan(30, Some(&ours(Some(30)))).changes(),
+            Vec::<String>::new()
+        );
+        for observed in [None, Some(7)] {
+            let p = plan(30, Some(&ours(observed)));
+            assert_eq!(
+                p.changes(),
+                vec!["retention 30 days".to_string()],
+                "{observed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_that_is_not_ours_is_left_alone() {
+        let mut o = ours(None);
+        o.owned = false;
+        let p = plan(30, Some(&o));
+        assert!(p.not_ours && !p.create && p.retention.is_none());
+    }
+
+    #[test]
+    fn logging_is_desired_only_as_json_into_our_group() {
+        let n = Names::new("d").unwrap();
+        let defaults = Logging::from_config(None, &n);
+        assert_eq!(defaults.group, "/aws/lambda/d-authorizer");
+        assert!(!defaults.is_desired(&n), "Lambda's default is Text");
+        assert!(Logging::from_config(Some(&logging_config(&n)), &n).is_desired(&n));
+        let elsewhere = LoggingConfig::builder()
+            .log_format(LogFormat::Json)
+            .log_group("/shared")
+            .build();
+        assert!(!Logging::from_config(Some(&elsewhere), &n).is_desired(&n));
+    }
+}
