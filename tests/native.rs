@@ -60,8 +60,9 @@ fn bash_completions_parse_and_register() {
         &[
             "-c",
             &format!(
-                "source {path}; COMP_WORDS=(iot-custom-auth l); COMP_CWORD=1; COMP_LINE='iot-custom-auth l'; \
-                 COMP_POINT=${{#COMP_LINE}}; _iot-custom-auth iot-custom-auth l iot-custom-auth; \
+                "source {path}; f=$(complete -p iot-custom-auth | sed -E 's/.*-F ([^ ]+).*/\\1/'); \
+                 COMP_WORDS=(iot-custom-auth l); COMP_CWORD=1; COMP_LINE='iot-custom-auth l'; \
+                 COMP_POINT=${{#COMP_LINE}}; \"$f\" iot-custom-auth l iot-custom-auth; \
                  printf '%s\\n' \"${{COMPREPLY[@]}}\""
             ),
         ],
@@ -73,18 +74,17 @@ fn bash_completions_parse_and_register() {
 }
 
 #[test]
-fn zsh_fish_and_elvish_completions_parse() {
+fn zsh_and_fish_completions_parse() {
     let zsh = completion_script("zsh");
     let (ok, out) = sh("zsh", &["-n", zsh.path().to_str().unwrap()]);
     assert!(ok, "zsh -n: {out}");
     let fish = completion_script("fish");
     let (ok, out) = sh("fish", &["--no-execute", fish.path().to_str().unwrap()]);
     assert!(ok, "fish --no-execute: {out}");
-    let elvish = completion_script("elvish");
-    let (ok, out) = sh("elvish", &["-compileonly", elvish.path().to_str().unwrap()]);
-    assert!(ok, "elvish -compileonly: {out}");
-    // PowerShell is not packaged by Debian: its script is only checked to be generated.
+    // PowerShell is not packaged by Debian, and elvish checks `edit:` variables that exist only
+    // in its interactive mode: their scripts are only checked to be generated.
     completion_script("powershell");
+    completion_script("elvish");
 }
 
 #[test]
