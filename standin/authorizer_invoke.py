@@ -23,6 +23,7 @@ from pathlib import Path
 from moto.awslambda.exceptions import UnknownFunctionException
 from moto.awslambda.utils import get_backend
 
+import lambda_lifecycle
 import logs
 
 RUNNER = Path(__file__).with_name("invoke.mjs")
@@ -49,8 +50,10 @@ def test_invoke(authorizer, request: dict, account_id: str, region: str) -> dict
             f"{authorizer.arn}: the function's resource policy has no statement allowing "
             "iot.amazonaws.com lambda:InvokeFunction with this authorizer as AWS:SourceArn"
         )
-    if fn.get_configuration()["State"] != "Active":
-        raise CannotInvoke(f"The function {fn.function_arn} is not Active yet")
+    # Pending raises lambda_lifecycle.FunctionPending; Inactive fails and starts reactivation.
+    problem = lambda_lifecycle.invocation_problem(fn)
+    if problem is not None:
+        raise CannotInvoke(problem)
     event = build_event(authorizer, request)
     timeout = min(float(fn.timeout or 3), AUTHORIZER_TIMEOUT_SECONDS)
     return validate_reply(_run_node(fn, event, timeout))

@@ -25,12 +25,29 @@ DEFAULTS = {
     "throttle": {},
     # "service:Operation" -> {"code", "status", "message", "count"}.
     "fail": {},
+    # {"reason", "reason_code"}: the next created function ends Failed (aws-facts §13).
+    "fail_next_function_create": None,
+    # DeleteRole answers DeleteConflict for this long after a role's last DetachRolePolicy (§13).
+    "delete_role_conflict_seconds": 0.0,
+    # GetFunction hides Tags from every caller and ListTags is denied to all (§13).
+    "get_function_hides_tags": False,
 }
 
-_FLOATS = ("role_propagation_seconds", "function_pending_seconds", "function_update_seconds", "latency_ms")
+_FLOATS = (
+    "role_propagation_seconds",
+    "function_pending_seconds",
+    "function_update_seconds",
+    "latency_ms",
+    "delete_role_conflict_seconds",
+)
 # The real-AWS delays that `--no-aws-delays` zeroes (`latency_ms` is not one of them).
 _DELAYS = ("role_propagation_seconds", "function_pending_seconds", "function_update_seconds")
-_BOOLS = ("enforce_trust_policy", "duplicate_statement_conflict", "block_deprecated_runtimes")
+_BOOLS = (
+    "enforce_trust_policy",
+    "duplicate_statement_conflict",
+    "block_deprecated_runtimes",
+    "get_function_hides_tags",
+)
 
 
 class BehaviourError(ValueError):
@@ -109,6 +126,13 @@ class StandInState:
                 return Injection(spec["code"], spec["status"], spec["message"])
         return None
 
+    def take_function_create_failure(self) -> dict | None:
+        """Consume the pending `fail_next_function_create`, if any."""
+        with self._lock:
+            failure = self._behaviour["fail_next_function_create"]
+            self._behaviour["fail_next_function_create"] = None
+            return failure
+
     # --- call record -----------------------------------------------------
     def record_call(self, service: str, operation: str, status: int, start_ms: float) -> None:
         """Record a call once it is answered, with when it arrived and when it was answered
@@ -175,11 +199,21 @@ def _validate(key: str, value):
         if not isinstance(value, bool):
             raise BehaviourError(f"{key} must be a boolean")
         return value
+    if key == "fail_next_function_create":
+        return _validate_create_failure(value)
     if key == "throttle":
         return {op: _validate_count(op, n) for op, n in _operation_map(key, value).items()}
     if key == "fail":
         return {op: _validate_failure(op, spec) for op, spec in _operation_map(key, value).items()}
     raise BehaviourError(f"unknown behaviour key {key!r}")
+
+
+def _validate_create_failure(value):
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in ("reason", "reason_code")):
+        raise BehaviourError('fail_next_function_create must be {"reason": "...", "reason_code": "..."} or null')
+    return {"reason": value["reason"], "reason_code": value["reason_code"]}
 
 
 def _operation_map(key: str, value) -> dict:

@@ -24,6 +24,8 @@ from moto.iot.exceptions import (
 from moto.iot.responses import IoTResponse
 
 import authorizer_invoke
+import lambda_lifecycle
+from partitions import partition_of
 
 _NAME = re.compile(r"[\w=,@-]+", re.ASCII)
 _TOKEN_KEY_NAME = re.compile(r"[a-zA-Z0-9_-]+")
@@ -42,6 +44,14 @@ class InvalidResponseException(IoTClientError):
     def __init__(self, msg: str):
         self.code = 400
         super().__init__("InvalidResponseException", msg)
+
+
+class ResourceConflictException(IoTClientError):
+    # TestInvokeAuthorizer of a Pending function: the operation conflicts with the function's
+    # state, in Lambda's own words (see lambda_lifecycle.py).
+    def __init__(self, msg: str):
+        self.code = 409
+        super().__init__("ResourceConflictException", msg)
 
 
 @dataclass
@@ -210,7 +220,7 @@ def _summary(authorizer: Authorizer) -> dict:
 # --- operations ------------------------------------------------------------
 def create_authorizer(self: IoTResponse) -> ActionResult:
     name = _name_param(self)
-    arn = f"arn:aws:iot:{self.region}:{self.current_account}:authorizer/{name}"
+    arn = f"arn:{partition_of(self.region)}:iot:{self.region}:{self.current_account}:authorizer/{name}"
     authorizer = Authorizer(
         name=name,
         arn=arn,
@@ -377,6 +387,8 @@ def test_invoke_authorizer(self: IoTResponse) -> ActionResult:
         # cannot invoke the function (no permission, no function); the stand-in
         # answers InvalidRequestException naming the cause.
         raise InvalidRequestException(str(err))
+    except lambda_lifecycle.FunctionPending as err:
+        raise ResourceConflictException(str(err))
     except authorizer_invoke.BadReply as err:
         raise InvalidResponseException(str(err))
 

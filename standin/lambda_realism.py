@@ -129,7 +129,12 @@ def _check_role_assumable(account_id: str, role_arn: str | None) -> None:
 def _find_role(account_id: str, role_arn: str | None):
     if not role_arn:
         return None
-    backend = iam_backends[account_id]["aws"]
+    # IAM is global per partition: the role lives in the partition its ARN names.
+    partition = role_arn.split(":")[1] if role_arn.count(":") >= 5 else "aws"
+    try:
+        backend = iam_backends[account_id][partition]
+    except KeyError:
+        return None
     return next((role for role in backend.get_roles() if role.arn == role_arn), None)
 
 

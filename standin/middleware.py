@@ -2,12 +2,16 @@
 
 import io
 import json
+import re
 import time
+from urllib.parse import parse_qs, unquote
 
+import access
+import lambda_lifecycle
 import wire
 from behaviour import STATE, BehaviourError, monotonic_ms
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict"}
 
 
 class StandInMiddleware:
@@ -32,6 +36,13 @@ class StandInMiddleware:
         latency_ms = STATE.get("latency_ms")
         if latency_ms > 0:
             time.sleep(latency_ms / 1000.0)
+
+        # IAM decides before the service does anything, injected failures included.
+        denial = access.authorize(service, operation, environ, body)
+        if denial is not None:
+            status, headers, payload = wire.error_response(service, *denial)
+            STATE.record_call(service, operation, status, start_ms)
+            return _respond(start_response, status, headers, payload)
 
         injection = STATE.take_injection(service, operation)
         if injection is not None:
@@ -60,11 +71,19 @@ class StandInMiddleware:
             if route == "behaviour" and method == "POST":
                 update = json.loads(_read_body(environ) or b"{}")
                 return _json(start_response, 200, STATE.merge(update))
+            if route == "identities" and method == "POST":
+                spec = json.loads(_read_body(environ) or b"{}")
+                return _json(start_response, 200, access.create_identity(spec))
+            deactivate = re.fullmatch(r"functions/([^/]+)/deactivate", route)
+            if deactivate and method == "POST":
+                region = parse_qs(environ.get("QUERY_STRING", "")).get("region", [None])[0]
+                return _json(start_response, 200, lambda_lifecycle.deactivate(unquote(deactivate.group(1)), region))
             if route == "reset" and method == "POST":
                 _reset_moto()
+                access.reset()
                 STATE.reset()
                 return _json(start_response, 200, {})
-        except (BehaviourError, json.JSONDecodeError) as err:
+        except (BehaviourError, json.JSONDecodeError, lambda_lifecycle.LifecycleError, access.IdentityError) as err:
             return _json(start_response, 400, {"error": str(err)})
         return _json(start_response, 404, {"error": f"no control route {method} /_standin/{route}"})
 

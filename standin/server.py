@@ -39,9 +39,12 @@ def main() -> None:
     )
     from werkzeug.serving import make_server
 
+    import access
     import behaviour
     import iot_authorizers
+    import lambda_lifecycle
     import lambda_realism
+    import partitions
     import logs
     from middleware import StandInMiddleware
 
@@ -55,8 +58,11 @@ def main() -> None:
         )
     )
     iot_authorizers.install()
+    partitions.install()
     lambda_realism.install()
+    lambda_lifecycle.install()  # wraps on top of lambda_realism's wrappers
     logs.install()
+    access.install()
 
     app = StandInMiddleware(DomainDispatcherApplication(create_backend_app))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)

@@ -13,9 +13,18 @@ _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request
 QUERY_SERVICES = {"iam": "2010-05-08", "sts": "2011-06-15"}
 
 
+_FULL_SCOPE = re.compile(r"Credential=([^/,\s]+)/\d{8}/([^/,\s]+)/([^/,\s]+)/aws4_request")
+
+
 def service_of(environ: dict) -> str | None:
     match = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
     return match.group(1) if match else None
+
+
+def credential_of(environ: dict) -> tuple[str, str] | None:
+    """The access key id and the region of a SigV4-signed request."""
+    match = _FULL_SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return (match.group(1), match.group(2)) if match else None
 
 
 def operation_of(service: str, environ: dict, body: bytes) -> str:
@@ -30,6 +39,12 @@ def operation_of(service: str, environ: dict, body: bytes) -> str:
 
 
 def _rest_operation(service: str, environ: dict, body: bytes) -> str:
+    matched = rest_match(service, environ, body)
+    return matched[0] if matched else "Unknown"
+
+
+def rest_match(service: str, environ: dict, body: bytes) -> tuple[str, dict] | None:
+    """The operation name and its URI parameters (percent-decoded), or None if the model has none."""
     # moto's router matches method + path (+ required query args) against
     # botocore's `http.requestUri`; reuse it so naming agrees with dispatch.
     from moto.core.request import Request
@@ -38,10 +53,10 @@ def _rest_operation(service: str, environ: dict, body: bytes) -> str:
 
     probe = dict(environ, **{"wsgi.input": io.BytesIO(body)})
     try:
-        operation, _ = get_service_router(service).match(Request(probe))
+        operation, params = get_service_router(service).match(Request(probe))
     except (NotFound, NotImplementedError, KeyError, ValueError):
-        return "Unknown"
-    return operation.name
+        return None
+    return operation.name, params
 
 
 def error_response(service: str, code: str, status: int, message: str) -> tuple[int, list, bytes]:

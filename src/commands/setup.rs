@@ -1,7 +1,7 @@
 //! `setup`: the manual recipe as one idempotent command. Read everything, refuse what must not be
-//! touched before changing anything, then create or update only what differs, in the order AWS
-//! needs: role → log group → function → authorizer → permission → default authorizer. The log
-//! group comes before the function, so that Lambda never creates it first without a retention.
+//! touched before changing anything, then create or update only what differs, walking the
+//! resources forward ([`resources::walk`]; the order AWS needs: role → function → authorizer →
+//! permission → default authorizer).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,10 +12,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::error::{Failure, exit};
-use crate::resources::{
-    self, Action, Desired, Observed, Outcome, Planned, authorizer, default_authorizer, endpoint,
-    function, log_group, not_ours, permission, role,
-};
+use crate::resources::{self, Action, Desired, Outcome, SetupOptions, Step, endpoint};
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
@@ -87,7 +84,13 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
         args.code.as_deref(),
         wants_default,
     )?;
-    refuse_conflicts(&desired, &observed, args.replace_default)?;
+    let options = SetupOptions {
+        replace_default: args.replace_default,
+    };
+    let walk = resources::walk();
+    for resource in &walk {
+        resource.refuse(&desired, &observed, &options)?;
+    }
 
     let mut report = Report {
         deployment: desired.names.deployment.clone(),
@@ -97,230 +100,30 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
         resources: Vec::new(),
         connection: None,
     };
-    let steps = Steps {
+    let step = Step {
         app,
         clients,
         desired: &desired,
-        dry_run: args.dry_run,
+        observed: &observed,
     };
-
-    let plan = role::plan(observed.role.as_ref());
-    report
-        .resources
-        .push(steps.role(&plan).await.context("step 1/6: IAM role")?);
-    let plan = log_group::plan(desired.log_retention_days, observed.log_group.as_ref());
-    report.resources.push(
-        steps
-            .log_group(&plan)
-            .await
-            .context("step 2/6: log group")?,
-    );
-    let plan = function::plan(&desired, observed.function.as_ref());
-    report.resources.push(
-        steps
-            .function(&plan)
-            .await
-            .context("step 3/6: Lambda function")?,
-    );
-    let plan = authorizer::plan(&desired, observed.authorizer.as_ref());
-    report.resources.push(
-        steps
-            .authorizer(&plan)
-            .await
-            .context("step 4/6: IoT authorizer")?,
-    );
-    // Deleting and recreating the function drops its policy, so a function created just now has
-    // no statement whatever was read before.
-    let statement = if observed.function.is_some() {
-        observed.permission.as_ref()
-    } else {
-        None
-    };
-    report.resources.push(
-        steps
-            .permission(statement)
-            .await
-            .context("step 5/6: invoke permission")?,
-    );
-    report.resources.push(
-        steps
-            .default_authorizer(observed.default_authorizer.as_deref())
-            .await
-            .context("step 6/6: default authorizer")?,
-    );
+    for (i, resource) in walk.iter().enumerate() {
+        let outcome = resource.plan(&desired, &observed);
+        if !args.dry_run {
+            if outcome.action != Action::Unchanged {
+                let verb = outcome.action.progressive();
+                app.progress(format!("{verb} {} {}...", resource.label(), outcome.name));
+            }
+            resource
+                .apply(&step)
+                .await
+                .with_context(|| format!("step {}/{}: {}", i + 1, walk.len(), resource.label()))?;
+        }
+        report.resources.push(outcome);
+    }
 
     report.connection = Some(connection(&desired, &config, address));
     app.print(&report);
     Ok(exit::OK)
-}
-
-/// Everything that must stop setup before its first change.
-fn refuse_conflicts(desired: &Desired, observed: &Observed, replace_default: bool) -> Result<()> {
-    let d = &desired.names;
-    let hint = "choose another --name, or remove the resource by hand";
-    if observed.role.as_ref().is_some_and(|r| !r.owned) {
-        bail!(Failure::new(
-            not_ours("IAM role", &d.role, &d.deployment),
-            hint
-        ));
-    }
-    if observed.function.as_ref().is_some_and(|f| !f.owned) {
-        bail!(Failure::new(
-            not_ours("Lambda function", &d.function, &d.deployment),
-            hint
-        ));
-    }
-    if let Some(a) = &observed.authorizer {
-        if !a.owned {
-            bail!(Failure::new(
-                not_ours("IoT authorizer", &d.authorizer, &d.deployment),
-                hint
-            ));
-        }
-        if !a.signing_disabled {
-            bail!(Failure::new(
-                format!(
-                    "IoT authorizer `{}` has token signing enabled, and AWS cannot change that after creation",
-                    d.authorizer
-                ),
-                "run `iot-custom-auth teardown` and `setup` again to recreate it, or use another --name"
-            ));
-        }
-    }
-    if let Some(current) = &observed.default_authorizer
-        && desired.default_authorizer
-        && current != &d.authorizer
-        && !replace_default
-    {
-        bail!(Failure::new(
-            format!(
-                "the account's default authorizer is `{current}`; replacing it would cut off the devices that rely on it"
-            ),
-            "pass --replace-default to replace it anyway, or --no-default and have devices send \
-                 `USERNAME?x-amz-customauthorizer-name=NAME`"
-        ));
-    }
-    Ok(())
-}
-
-/// Applies each resource's plan (or, in a dry run, only describes it).
-struct Steps<'a> {
-    app: &'a App,
-    clients: &'a crate::aws::Clients,
-    desired: &'a Desired,
-    dry_run: bool,
-}
-
-impl Steps<'_> {
-    fn doing(&self, what: &str, outcome: &Outcome) {
-        if !self.dry_run && outcome.action != Action::Unchanged {
-            let verb = outcome.action.progressive();
-            self.app
-                .progress(format!("{verb} {what} {}...", outcome.name));
-        }
-    }
-
-    async fn role(&self, plan: &role::Plan) -> Result<Outcome> {
-        let outcome = plan.outcome("role", &self.desired.names.role);
-        self.doing("IAM role", &outcome);
-        if !self.dry_run {
-            role::apply(&self.clients.iam, &self.desired.names, plan).await?;
-        }
-        Ok(outcome)
-    }
-
-    async fn log_group(&self, plan: &log_group::Plan) -> Result<Outcome> {
-        let name = log_group::name(&self.desired.names);
-        if plan.not_ours {
-            // [silent] A log group Lambda created before this tool managed it (an older
-            // deployment) has no tag. Unlike the other resources it blocks nothing and holds
-            // logs, so setup neither refuses nor adopts it: it reports it and leaves it alone.
-            return Ok(
-                Outcome::new("log-group", &name, Action::Skipped).with(vec![format!(
-                    "{}; its retention is left as it is",
-                    not_ours("log group", &name, &self.desired.names.deployment)
-                )]),
-            );
-        }
-        let outcome = plan.outcome("log-group", &name);
-        self.doing("log group", &outcome);
-        if !self.dry_run {
-            log_group::apply(&self.clients.logs, &self.desired.names, plan).await?;
-        }
-        Ok(outcome)
-    }
-
-    async fn function(&self, plan: &function::Plan) -> Result<Outcome> {
-        let outcome = plan.outcome("function", &self.desired.names.function);
-        self.doing("Lambda function", &outcome);
-        if !self.dry_run {
-            function::apply(self.app, &self.clients.lambda, self.desired, plan).await?;
-        }
-        Ok(outcome)
-    }
-
-    async fn authorizer(&self, plan: &authorizer::Plan) -> Result<Outcome> {
-        let outcome = plan.outcome("authorizer", &self.desired.names.authorizer);
-        self.doing("IoT authorizer", &outcome);
-        if !self.dry_run {
-            authorizer::apply(&self.clients.iot, self.desired, plan).await?;
-        }
-        Ok(outcome)
-    }
-
-    async fn permission(&self, observed: Option<&permission::Observed>) -> Result<Outcome> {
-        let name = &self.desired.names.statement_id;
-        let problems = permission::problems(self.desired, observed);
-        let outcome = match (observed, problems.is_empty()) {
-            (None, _) => Outcome::new("permission", name, Action::Created),
-            (Some(_), true) => Outcome::new("permission", name, Action::Unchanged),
-            (Some(_), false) => Outcome::new("permission", name, Action::Updated).with(problems),
-        };
-        self.doing("invoke permission", &outcome);
-        if !self.dry_run && outcome.action != Action::Unchanged {
-            permission::apply(&self.clients.lambda, self.desired, observed.is_some()).await?;
-        }
-        Ok(outcome)
-    }
-
-    async fn default_authorizer(&self, current: Option<&str>) -> Result<Outcome> {
-        let ours = self.desired.names.authorizer.as_str();
-        let is_ours = current == Some(ours);
-        let (action, details) = match (self.desired.default_authorizer, is_ours) {
-            (true, true) | (false, false) => (Action::Unchanged, Vec::new()),
-            (true, false) => (
-                if current.is_some() {
-                    Action::Updated
-                } else {
-                    Action::Created
-                },
-                current
-                    .map(|c| vec![format!("replaced `{c}`")])
-                    .unwrap_or_default(),
-            ),
-            (false, true) => (
-                Action::Cleared,
-                vec!["--no-default / default_authorizer = false".to_string()],
-            ),
-        };
-        let name = if self.desired.default_authorizer {
-            ours
-        } else {
-            current.unwrap_or("none")
-        };
-        let outcome = Outcome::new("default-authorizer", name, action).with(details);
-        self.doing("default authorizer", &outcome);
-        if !self.dry_run {
-            match action {
-                Action::Created | Action::Updated => {
-                    default_authorizer::set(&self.clients.iot, ours, current).await?
-                }
-                Action::Cleared => default_authorizer::clear(&self.clients.iot).await?,
-                _ => {}
-            }
-        }
-        Ok(outcome)
-    }
 }
 
 fn connection(desired: &Desired, config: &crate::config::Config, address: String) -> Connection {

@@ -1,5 +1,6 @@
 //! `status`: a read-only health check for CI. It reads everything concurrently, then compares
-//! desired with observed in one pure function ([`checks`]) that names each failing item and its fix.
+//! desired with observed in one pure function ([`checks`]: every resource's own checks, in the
+//! order of [`resources::walk`]) that names each failing item and its fix.
 
 use std::fmt;
 use std::io::{IsTerminal as _, Read as _};
@@ -15,8 +16,8 @@ use crate::app::App;
 use crate::commands::connect::{self, ConnectOptions};
 use crate::config::Config;
 use crate::error::{AwsResultExt, Failure, exit};
-use crate::names::BASIC_EXECUTION_POLICY_ARN;
-use crate::resources::{self, Desired, Observed, endpoint, function, log_group, permission};
+use crate::resources::check::{Check, SETUP, State, check, fail, ok, skip};
+use crate::resources::{self, Desired, Observed, endpoint};
 use crate::tls::Target;
 use crate::{bundle, policy, verifier};
 
@@ -48,352 +49,13 @@ pub struct StatusArgs {
     pub ca_file: Vec<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Ok,
-    Fail,
-    /// Not checked because something it depends on is missing.
-    Skip,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Check {
-    /// Stable identifier, e.g. `permission.source_arn`.
-    pub id: &'static str,
-    pub state: State,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-fn ok(id: &'static str, detail: impl Into<String>) -> Check {
-    Check {
-        id,
-        state: State::Ok,
-        detail: detail.into(),
-        fix: None,
-    }
-}
-
-fn fail(id: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-    Check {
-        id,
-        state: State::Fail,
-        detail: detail.into(),
-        fix: Some(fix.into()),
-    }
-}
-
-fn skip(id: &'static str, detail: impl Into<String>) -> Check {
-    Check {
-        id,
-        state: State::Skip,
-        detail: detail.into(),
-        fix: None,
-    }
-}
-
-fn check(
-    id: &'static str,
-    good: bool,
-    ok_detail: impl Into<String>,
-    bad_detail: impl Into<String>,
-    fix: &str,
-) -> Check {
-    if good {
-        ok(id, ok_detail)
-    } else {
-        fail(id, bad_detail, fix)
-    }
-}
-
-const SETUP: &str = "run `iot-custom-auth setup`";
-
-/// Pure: every check of a working deployment, from what should be and what is.
+/// Pure: every check of a working deployment, from what should be and what is: each resource's
+/// checks, in the order of the resource walk.
 pub fn checks(desired: &Desired, observed: &Observed) -> Vec<Check> {
-    let mut out = Vec::new();
-    let n = &desired.names;
-    match &observed.role {
-        None => out.push(fail(
-            "role.exists",
-            format!("IAM role {} not found", n.role),
-            SETUP,
-        )),
-        Some(r) => {
-            out.push(ok("role.exists", r.arn.clone()));
-            out.push(check(
-                "role.owned",
-                r.owned,
-                "tagged as ours",
-                "not tagged as created by this deployment",
-                "choose another --name or remove the role by hand",
-            ));
-            out.push(check(
-                "role.trust_policy",
-                resources::role::trusts_only_lambda(&r.trust_policy),
-                "trusts lambda.amazonaws.com only",
-                "trust policy does not limit the role to lambda.amazonaws.com",
-                SETUP,
-            ));
-            let basic = r.attached.iter().any(|a| a == BASIC_EXECUTION_POLICY_ARN);
-            let extra: Vec<&String> = r
-                .attached
-                .iter()
-                .filter(|a| *a != BASIC_EXECUTION_POLICY_ARN)
-                .chain(&r.inline)
-                .collect();
-            out.push(check(
-                "role.execution_policy",
-                basic && extra.is_empty(),
-                "AWSLambdaBasicExecutionRole only",
-                if basic {
-                    format!(
-                        "extra policies: {}",
-                        extra
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                } else {
-                    "AWSLambdaBasicExecutionRole is not attached".to_string()
-                },
-                SETUP,
-            ));
-        }
-    }
-    match &observed.function {
-        None => out.push(fail(
-            "function.exists",
-            format!("Lambda function {} not found", n.function),
-            SETUP,
-        )),
-        Some(f) => {
-            out.push(ok("function.exists", f.arn.clone()));
-            out.push(check(
-                "function.owned",
-                f.owned,
-                "tagged as ours",
-                "not tagged as created by this deployment",
-                "choose another --name or remove the function by hand",
-            ));
-            out.push(check(
-                "function.state",
-                f.state == "Active",
-                "Active",
-                format!("state is {}", f.state),
-                "wait, or check the function's StateReason in the Lambda console",
-            ));
-            // An update still running is not a failure: the previous code keeps serving until
-            // it completes, and CI often checks right after a deploy.
-            out.push(check(
-                "function.last_update",
-                f.last_update_status != "Failed",
-                if f.last_update_status == "InProgress" {
-                    "InProgress (an update is running)".to_string()
-                } else {
-                    f.last_update_status.clone()
-                },
-                "the last update Failed: Lambda kept the previous code",
-                SETUP,
-            ));
-            let deprecated = function::DEPRECATED_RUNTIMES.contains(&f.runtime.as_str());
-            out.push(check(
-                "function.runtime",
-                f.runtime == desired.runtime && !deprecated,
-                f.runtime.clone(),
-                if deprecated {
-                    format!("{} is deprecated by Lambda", f.runtime)
-                } else {
-                    format!("{} (config says {})", f.runtime, desired.runtime)
-                },
-                SETUP,
-            ));
-            out.push(check(
-                "function.timeout",
-                f.timeout <= crate::config::MAX_TIMEOUT_SECONDS
-                    && f.timeout == desired.timeout_seconds,
-                format!("{} s", f.timeout),
-                format!(
-                    "{} s (IoT stops waiting after 5 s; config says {} s)",
-                    f.timeout, desired.timeout_seconds
-                ),
-                SETUP,
-            ));
-            out.push(check(
-                "function.role",
-                f.role == desired.role_arn(),
-                "our role",
-                format!("runs as {}", f.role),
-                SETUP,
-            ));
-            out.push(check(
-                "function.code",
-                f.code_sha256 == desired.package.sha256 && f.handler == desired.package.handler,
-                "identical to what setup would deploy",
-                "differs from what setup would deploy from the current config (devices added or removed, or code changed by hand)",
-                SETUP,
-            ));
-            // `logs` filters on JSON fields, which Lambda's default Text lines never have.
-            out.push(check(
-                "function.logging",
-                f.logging.is_desired(n),
-                format!("JSON lines into {}", f.logging.group),
-                format!(
-                    "logs {} lines into {} (setup deploys JSON into {}; `logs` cannot filter Text lines)",
-                    f.logging.format,
-                    f.logging.group,
-                    log_group::name(n)
-                ),
-                SETUP,
-            ));
-        }
-    }
-    let group = log_group::name(n);
-    match &observed.log_group {
-        None => out.push(fail(
-            "log_group.exists",
-            format!("log group {group} not found (Lambda would create it without a retention)"),
-            SETUP,
-        )),
-        Some(g) => {
-            out.push(ok("log_group.exists", group.clone()));
-            out.push(check(
-                "log_group.owned",
-                g.owned,
-                "tagged as ours",
-                "not tagged as created by this deployment: setup leaves its retention alone",
-                format!(
-                    "tag it to let setup manage it: `aws logs tag-resource --resource-arn {} --tags {}={}`, or delete it by hand",
-                    g.arn,
-                    crate::names::OWNER_TAG,
-                    n.deployment
-                )
-                .as_str(),
-            ));
-            let shown =
-                |d: Option<i32>| d.map_or("never expire".to_string(), |d| format!("{d} days"));
-            out.push(check(
-                "log_group.retention",
-                g.retention_days == Some(desired.log_retention_days),
-                shown(g.retention_days),
-                format!(
-                    "{} (config says {} days)",
-                    shown(g.retention_days),
-                    desired.log_retention_days
-                ),
-                SETUP,
-            ));
-        }
-    }
-    match &observed.authorizer {
-        None => out.push(fail(
-            "authorizer.exists",
-            format!("IoT authorizer {} not found", n.authorizer),
-            SETUP,
-        )),
-        Some(a) => {
-            out.push(ok("authorizer.exists", a.arn.clone()));
-            out.push(check(
-                "authorizer.owned",
-                a.owned,
-                "tagged as ours",
-                "not tagged as created by this deployment",
-                "choose another --name or remove the authorizer by hand",
-            ));
-            out.push(check(
-                "authorizer.status",
-                a.active,
-                "ACTIVE",
-                "INACTIVE: IoT does not call it",
-                SETUP,
-            ));
-            out.push(check(
-                "authorizer.signing",
-                a.signing_disabled,
-                "token signing disabled",
-                "token signing enabled: username/password logins never reach it",
-                "`teardown` then `setup` (signing cannot be changed after creation)",
-            ));
-            out.push(check(
-                "authorizer.function",
-                a.function_arn == desired.function_arn(),
-                "points at our function",
-                format!("points at {}", a.function_arn),
-                SETUP,
-            ));
-        }
-    }
-    if observed.function.is_none() {
-        out.push(skip("permission.exists", "no function to hold it"));
-    } else {
-        match &observed.permission {
-            None => out.push(fail(
-                "permission.exists",
-                format!(
-                    "statement {} not in the function's policy: IoT cannot invoke it",
-                    n.statement_id
-                ),
-                SETUP,
-            )),
-            Some(p) => {
-                out.push(ok("permission.exists", n.statement_id.clone()));
-                let want = |got: &Option<String>, want: &str| got.as_deref() == Some(want);
-                let shown =
-                    |got: &Option<String>| got.clone().unwrap_or_else(|| "unset".to_string());
-                out.push(check(
-                    "permission.principal",
-                    want(&p.principal, permission::PRINCIPAL),
-                    permission::PRINCIPAL,
-                    shown(&p.principal),
-                    SETUP,
-                ));
-                out.push(check(
-                    "permission.action",
-                    want(&p.action, permission::ACTION),
-                    permission::ACTION,
-                    shown(&p.action),
-                    SETUP,
-                ));
-                out.push(check(
-                    "permission.source_arn",
-                    want(&p.source_arn, &desired.authorizer_arn()),
-                    desired.authorizer_arn(),
-                    format!(
-                        "{} (want {})",
-                        shown(&p.source_arn),
-                        desired.authorizer_arn()
-                    ),
-                    SETUP,
-                ));
-                out.push(check(
-                    "permission.source_account",
-                    want(&p.source_account, &desired.account),
-                    desired.account.clone(),
-                    format!("{} (want {})", shown(&p.source_account), desired.account),
-                    SETUP,
-                ));
-            }
-        }
-    }
-    let current = observed.default_authorizer.as_deref();
-    let is_ours = current == Some(n.authorizer.as_str());
-    out.push(if desired.default_authorizer {
-        check(
-            "default_authorizer",
-            is_ours,
-            format!("{} is the account's default", n.authorizer),
-            match current {
-                Some(other) => format!("the default is `{other}`: devices that send a plain username reach it, not ours"),
-                None => "no default authorizer: devices must name ours in their username".to_string(),
-            },
-            "run `iot-custom-auth setup` (with --replace-default if another authorizer is the default)",
-        )
-    } else {
-        check("default_authorizer", !is_ours, "not the default, as configured", "ours is the default, but the config says it should not be", SETUP)
-    });
-    out
+    resources::walk()
+        .into_iter()
+        .flat_map(|r| r.checks(desired, observed))
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -676,7 +338,8 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{authorizer, role};
+    use crate::names::BASIC_EXECUTION_POLICY_ARN;
+    use crate::resources::{authorizer, function, log_group, permission, role};
 
     fn healthy() -> (Desired, Observed) {
         let d = crate::resources::tests::desired();

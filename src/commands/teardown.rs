@@ -1,7 +1,7 @@
-//! `teardown`: removes what `setup` created, in the order AWS requires (default authorizer →
-//! authorizer, deactivated first → permission → function → its log group → role), and only what
-//! carries this
-//! deployment's owner tag. Keeps going past a failure and reports each one.
+//! `teardown`: removes what `setup` created, walking the resources back
+//! ([`resources::walk_back`]; the order AWS requires: default authorizer → authorizer, deactivated
+//! first → permission → function → role), and only what carries this deployment's owner tag.
+//! Keeps going past a failure and reports each one.
 
 use std::fmt;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -11,13 +11,9 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::app::App;
-use crate::aws::Clients;
 use crate::error::{Failure, exit};
 use crate::names::Names;
-use crate::resources::{
-    self, Action, Observed, Outcome, authorizer, default_authorizer, function, log_group, not_ours,
-    permission, role,
-};
+use crate::resources::{self, Action, Observed, Outcome, Removal, Resource};
 
 #[derive(Debug, Args)]
 pub struct TeardownArgs {
@@ -26,95 +22,25 @@ pub struct TeardownArgs {
     pub yes: bool,
 }
 
-/// One removal, decided from what was read.
-#[derive(Clone, Debug, PartialEq)]
-enum Step {
-    ClearDefault,
-    DeleteAuthorizer { active: bool },
-    RemovePermission,
-    DeleteFunction,
-    DeleteLogGroup,
-    DeleteRole(role::Observed),
+/// One deletion, decided from what was read: the resource and the result it gives.
+struct Deletion {
+    resource: &'static dyn Resource,
+    outcome: Outcome,
 }
 
-impl Step {
-    fn resource(&self) -> &'static str {
-        match self {
-            Step::ClearDefault => "default-authorizer",
-            Step::DeleteAuthorizer { .. } => "authorizer",
-            Step::RemovePermission => "permission",
-            Step::DeleteFunction => "function",
-            Step::DeleteLogGroup => "log-group",
-            Step::DeleteRole(_) => "role",
-        }
-    }
-
-    fn name(&self, names: &Names) -> String {
-        match self {
-            Step::ClearDefault | Step::DeleteAuthorizer { .. } => names.authorizer.clone(),
-            Step::RemovePermission => names.statement_id.clone(),
-            Step::DeleteFunction => names.function.clone(),
-            Step::DeleteLogGroup => log_group::name(names),
-            Step::DeleteRole(_) => names.role.clone(),
-        }
-    }
-}
-
-/// Pure: what to remove and what to leave alone (not ours), in AWS's order.
-fn plan(names: &Names, observed: &Observed) -> (Vec<Step>, Vec<Outcome>) {
-    let mut steps = Vec::new();
+/// Pure: what to delete, in AWS's order ([`resources::walk_back`]), and what to leave alone
+/// (not ours).
+fn plan(names: &Names, observed: &Observed) -> (Vec<Deletion>, Vec<Outcome>) {
+    let mut deletions = Vec::new();
     let mut skipped = Vec::new();
-    let authorizer_ours = observed.authorizer.as_ref().is_some_and(|a| a.owned);
-    if observed.default_authorizer.as_deref() == Some(names.authorizer.as_str()) && authorizer_ours
-    {
-        steps.push(Step::ClearDefault);
+    for resource in resources::walk_back() {
+        match resource.removal(names, observed) {
+            Removal::Absent => {}
+            Removal::Delete(outcome) => deletions.push(Deletion { resource, outcome }),
+            Removal::Skip(outcome) => skipped.push(outcome),
+        }
     }
-    match &observed.authorizer {
-        Some(a) if a.owned => steps.push(Step::DeleteAuthorizer { active: a.active }),
-        Some(_) => skipped.push(skip(
-            "authorizer",
-            &names.authorizer,
-            not_ours("IoT authorizer", &names.authorizer, &names.deployment),
-        )),
-        None => {}
-    }
-    let function_ours = observed.function.as_ref().is_some_and(|f| f.owned);
-    if observed.permission.is_some() && function_ours {
-        steps.push(Step::RemovePermission);
-    }
-    match &observed.function {
-        Some(f) if f.owned => steps.push(Step::DeleteFunction),
-        Some(_) => skipped.push(skip(
-            "function",
-            &names.function,
-            not_ours("Lambda function", &names.function, &names.deployment),
-        )),
-        None => {}
-    }
-    // After the function, so that no invocation recreates it (Lambda would, without retention).
-    match &observed.log_group {
-        Some(g) if g.owned => steps.push(Step::DeleteLogGroup),
-        Some(_) => skipped.push(skip(
-            "log-group",
-            &log_group::name(names),
-            not_ours("log group", &log_group::name(names), &names.deployment),
-        )),
-        None => {}
-    }
-    match &observed.role {
-        Some(r) if r.owned => steps.push(Step::DeleteRole(r.clone())),
-        Some(_) => skipped.push(skip(
-            "role",
-            &names.role,
-            not_ours("IAM role", &names.role, &names.deployment),
-        )),
-        None => {}
-    }
-    (steps, skipped)
-}
-
-fn skip(resource: &'static str, name: &str, why: String) -> Outcome {
-    Outcome::new(resource, name, Action::Skipped).with(vec![why])
+    (deletions, skipped)
 }
 
 #[derive(Serialize)]
@@ -138,25 +64,16 @@ pub async fn run(app: &App, args: TeardownArgs) -> Result<u8> {
     let (steps, mut outcomes) = plan(&names, &observed);
 
     if !steps.is_empty() && !args.yes {
-        confirm(&clients.region, &names, &steps)?;
+        confirm(&clients.region, &steps)?;
     }
     let mut remaining = false;
-    for step in &steps {
-        app.progress(format!(
-            "removing {} {}...",
-            step.resource(),
-            step.name(&names)
-        ));
-        let action = if *step == Step::ClearDefault {
-            Action::Cleared
-        } else {
-            Action::Deleted
-        };
-        let outcome = match execute(clients, &names, step).await {
-            Ok(()) => Outcome::new(step.resource(), step.name(&names), action),
+    for Deletion { resource, outcome } in steps {
+        app.progress(format!("removing {} {}...", outcome.resource, outcome.name));
+        let outcome = match resource.delete(clients, &names, &observed).await {
+            Ok(()) => outcome,
             Err(e) => {
                 remaining = true;
-                Outcome::new(step.resource(), step.name(&names), Action::Failed)
+                Outcome::new(outcome.resource, outcome.name, Action::Failed)
                     .with(vec![format!("{e:#}")])
             }
         };
@@ -171,21 +88,8 @@ pub async fn run(app: &App, args: TeardownArgs) -> Result<u8> {
     Ok(if remaining { exit::ERROR } else { exit::OK })
 }
 
-async fn execute(clients: &Clients, names: &Names, step: &Step) -> Result<()> {
-    match step {
-        Step::ClearDefault => default_authorizer::clear(&clients.iot).await,
-        Step::DeleteAuthorizer { active } => {
-            authorizer::delete(&clients.iot, &names.authorizer, *active).await
-        }
-        Step::RemovePermission => permission::remove(&clients.lambda, names).await,
-        Step::DeleteFunction => function::delete(&clients.lambda, &names.function).await,
-        Step::DeleteLogGroup => log_group::delete(&clients.logs, names).await,
-        Step::DeleteRole(observed) => role::delete(&clients.iam, names, observed).await,
-    }
-}
-
 /// Asks on a terminal; refuses without one, since a pipeline cannot answer.
-fn confirm(region: &str, names: &Names, steps: &[Step]) -> Result<()> {
+fn confirm(region: &str, steps: &[Deletion]) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!(Failure::usage(
             "teardown deletes resources and needs confirmation, but stdin is not a terminal",
@@ -194,7 +98,7 @@ fn confirm(region: &str, names: &Names, steps: &[Step]) -> Result<()> {
     }
     eprintln!("This removes from {region}:");
     for step in steps {
-        eprintln!("  {:<19} {}", step.resource(), step.name(names));
+        eprintln!("  {:<19} {}", step.outcome.resource, step.outcome.name);
     }
     eprint!("Proceed? [y/N] ");
     std::io::stderr().flush()?;
@@ -253,7 +157,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{authorizer as a, function as f};
+    use crate::resources::{authorizer as a, function as f, role};
 
     fn everything(owned: bool) -> Observed {
         let d = crate::resources::tests::desired();
@@ -287,7 +191,7 @@ mod tests {
             }),
             permission: Some(crate::resources::permission::Observed::default()),
             default_authorizer: Some("d".into()),
-            log_group: Some(log_group::Observed {
+            log_group: Some(crate::resources::log_group::Observed {
                 arn: String::new(),
                 retention_days: None,
                 owned,
@@ -299,20 +203,22 @@ mod tests {
     fn removal_follows_awss_order() {
         let names = Names::new("d").unwrap();
         let (steps, skipped) = plan(&names, &everything(true));
-        let order: Vec<&str> = steps.iter().map(Step::resource).collect();
+        let order: Vec<(&str, Action)> = steps
+            .iter()
+            .map(|s| (s.outcome.resource, s.outcome.action))
+            .collect();
         assert_eq!(
             order,
             [
-                "default-authorizer",
-                "authorizer",
-                "permission",
-                "function",
-                "log-group",
-                "role"
+                ("default-authorizer", Action::Cleared),
+                ("authorizer", Action::Deleted),
+                ("permission", Action::Deleted),
+                ("function", Action::Deleted),
+                ("role", Action::Deleted),
+                ("log-group", Action::Deleted)
             ]
         );
         assert!(skipped.is_empty());
-        assert_eq!(steps[1], Step::DeleteAuthorizer { active: true });
     }
 
     #[test]

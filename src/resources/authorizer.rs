@@ -1,13 +1,19 @@
 //! The IoT custom authorizer: token signing disabled (immutable in AWS), ACTIVE, pointing at our
 //! function, tagged as ours.
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aws_sdk_iot::Client;
 use aws_sdk_iot::types::{AuthorizerStatus, Tag};
+use futures::future::BoxFuture;
 
-use crate::error::AwsResultExt;
+use crate::aws::Clients;
+use crate::error::{AwsResultExt, Failure};
 use crate::names::{Names, OWNER_TAG, owned_by};
-use crate::resources::Desired;
+use crate::resources::check::{SETUP, check, fail, ok};
+use crate::resources::{
+    Action, Check, Desired, NOT_OURS_HINT, Observed as All, Outcome, Planned as _, Reading,
+    Removal, Resource, SetupOptions, Step, not_ours,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
@@ -157,5 +163,137 @@ pub async fn delete(iot: &Client, name: &str, active: bool) -> Result<()> {
             Ok(())
         }
         Err(e) => Err(e).aws("iot:DeleteAuthorizer"),
+    }
+}
+
+/// The authorizer as one of the deployment's resources.
+pub struct Authorizer;
+pub static RESOURCE: Authorizer = Authorizer;
+
+impl Resource for Authorizer {
+    fn kind(&self) -> &'static str {
+        "authorizer"
+    }
+
+    fn label(&self) -> &'static str {
+        "IoT authorizer"
+    }
+
+    fn after(&self) -> &'static [&'static str] {
+        &["function"]
+    }
+
+    fn read<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+    ) -> BoxFuture<'a, Result<Reading>> {
+        Box::pin(async move {
+            let found = read(&clients.iot, names).await?;
+            Ok(Box::new(move |o: &mut All| o.authorizer = found) as Reading)
+        })
+    }
+
+    fn checks(&self, desired: &Desired, observed: &All) -> Vec<Check> {
+        let Some(a) = &observed.authorizer else {
+            return vec![fail(
+                "authorizer.exists",
+                format!("IoT authorizer {} not found", desired.names.authorizer),
+                SETUP,
+            )];
+        };
+        vec![
+            ok("authorizer.exists", a.arn.clone()),
+            check(
+                "authorizer.owned",
+                a.owned,
+                "tagged as ours",
+                "not tagged as created by this deployment",
+                "choose another --name or remove the authorizer by hand",
+            ),
+            check(
+                "authorizer.status",
+                a.active,
+                "ACTIVE",
+                "INACTIVE: IoT does not call it",
+                SETUP,
+            ),
+            check(
+                "authorizer.signing",
+                a.signing_disabled,
+                "token signing disabled",
+                "token signing enabled: username/password logins never reach it",
+                "`teardown` then `setup` (signing cannot be changed after creation)",
+            ),
+            check(
+                "authorizer.function",
+                a.function_arn == desired.function_arn(),
+                "points at our function",
+                format!("points at {}", a.function_arn),
+                SETUP,
+            ),
+        ]
+    }
+
+    fn refuse(&self, desired: &Desired, observed: &All, _: &SetupOptions) -> Result<()> {
+        let n = &desired.names;
+        let Some(a) = &observed.authorizer else {
+            return Ok(());
+        };
+        if !a.owned {
+            bail!(Failure::new(
+                not_ours("IoT authorizer", &n.authorizer, &n.deployment),
+                NOT_OURS_HINT
+            ));
+        }
+        if !a.signing_disabled {
+            bail!(Failure::new(
+                format!(
+                    "IoT authorizer `{}` has token signing enabled, and AWS cannot change that after creation",
+                    n.authorizer
+                ),
+                "run `iot-custom-auth teardown` and `setup` again to recreate it, or use another --name"
+            ));
+        }
+        Ok(())
+    }
+
+    fn plan(&self, desired: &Desired, observed: &All) -> Outcome {
+        plan(desired, observed.authorizer.as_ref()).outcome(self.kind(), &desired.names.authorizer)
+    }
+
+    fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let plan = plan(step.desired, step.observed.authorizer.as_ref());
+            apply(&step.clients.iot, step.desired, &plan).await
+        })
+    }
+
+    fn removal(&self, names: &Names, observed: &All) -> Removal {
+        match &observed.authorizer {
+            None => Removal::Absent,
+            Some(a) if a.owned => Removal::Delete(Outcome::new(
+                self.kind(),
+                &names.authorizer,
+                Action::Deleted,
+            )),
+            Some(_) => {
+                Removal::Skip(
+                    Outcome::new(self.kind(), &names.authorizer, Action::Skipped).with(vec![
+                        not_ours("IoT authorizer", &names.authorizer, &names.deployment),
+                    ]),
+                )
+            }
+        }
+    }
+
+    fn delete<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+        observed: &'a All,
+    ) -> BoxFuture<'a, Result<()>> {
+        let active = observed.authorizer.as_ref().is_some_and(|a| a.active);
+        Box::pin(delete(&clients.iot, &names.authorizer, active))
     }
 }

@@ -12,10 +12,17 @@ use aws_sdk_lambda::types::{
     FunctionCode, FunctionConfiguration, LastUpdateStatus, Runtime, State,
 };
 
+use futures::future::BoxFuture;
+
 use crate::app::App;
+use crate::aws::Clients;
 use crate::error::{AwsResultExt, Failure};
 use crate::names::{Names, OWNER_TAG, owned_by};
-use crate::resources::{Desired, log_group};
+use crate::resources::check::{SETUP, check, fail, ok};
+use crate::resources::{
+    Action, Check, Desired, NOT_OURS_HINT, Observed as All, Outcome, Planned as _, Reading,
+    Removal, Resource, SetupOptions, Step, log_group, not_ours,
+};
 
 /// How long `setup` keeps retrying CreateFunction while IAM propagates a new role. AWS gives no
 /// bound; seconds are typical, tools wait 1 to 5 minutes (aws-facts.md §5).
@@ -371,6 +378,173 @@ pub async fn delete(lambda: &Client, name: &str) -> Result<()> {
             Ok(())
         }
         Err(e) => Err(e).aws("lambda:DeleteFunction"),
+    }
+}
+
+/// The function as one of the deployment's resources.
+pub struct Function;
+pub static RESOURCE: Function = Function;
+
+impl Resource for Function {
+    fn kind(&self) -> &'static str {
+        "function"
+    }
+
+    fn label(&self) -> &'static str {
+        "Lambda function"
+    }
+
+    fn after(&self) -> &'static [&'static str] {
+        // The log group first, so that Lambda never creates it without a retention.
+        &["role", "log-group"]
+    }
+
+    fn read<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+    ) -> BoxFuture<'a, Result<Reading>> {
+        Box::pin(async move {
+            let found = read(&clients.lambda, names).await?;
+            Ok(Box::new(move |o: &mut All| o.function = found) as Reading)
+        })
+    }
+
+    fn checks(&self, desired: &Desired, observed: &All) -> Vec<Check> {
+        let Some(f) = &observed.function else {
+            return vec![fail(
+                "function.exists",
+                format!("Lambda function {} not found", desired.names.function),
+                SETUP,
+            )];
+        };
+        let deprecated = DEPRECATED_RUNTIMES.contains(&f.runtime.as_str());
+        vec![
+            ok("function.exists", f.arn.clone()),
+            check(
+                "function.owned",
+                f.owned,
+                "tagged as ours",
+                "not tagged as created by this deployment",
+                "choose another --name or remove the function by hand",
+            ),
+            check(
+                "function.state",
+                f.state == "Active",
+                "Active",
+                format!("state is {}", f.state),
+                "wait, or check the function's StateReason in the Lambda console",
+            ),
+            // An update still running is not a failure: the previous code keeps serving until
+            // it completes, and CI often checks right after a deploy.
+            check(
+                "function.last_update",
+                f.last_update_status != "Failed",
+                if f.last_update_status == "InProgress" {
+                    "InProgress (an update is running)".to_string()
+                } else {
+                    f.last_update_status.clone()
+                },
+                "the last update Failed: Lambda kept the previous code",
+                SETUP,
+            ),
+            check(
+                "function.runtime",
+                f.runtime == desired.runtime && !deprecated,
+                f.runtime.clone(),
+                if deprecated {
+                    format!("{} is deprecated by Lambda", f.runtime)
+                } else {
+                    format!("{} (config says {})", f.runtime, desired.runtime)
+                },
+                SETUP,
+            ),
+            check(
+                "function.timeout",
+                f.timeout <= crate::config::MAX_TIMEOUT_SECONDS
+                    && f.timeout == desired.timeout_seconds,
+                format!("{} s", f.timeout),
+                format!(
+                    "{} s (IoT stops waiting after 5 s; config says {} s)",
+                    f.timeout, desired.timeout_seconds
+                ),
+                SETUP,
+            ),
+            check(
+                "function.role",
+                f.role == desired.role_arn(),
+                "our role",
+                format!("runs as {}", f.role),
+                SETUP,
+            ),
+            check(
+                "function.code",
+                f.code_sha256 == desired.package.sha256 && f.handler == desired.package.handler,
+                "identical to what setup would deploy",
+                "differs from what setup would deploy from the current config (devices added or removed, or code changed by hand)",
+                SETUP,
+            ),
+            // `logs` filters on JSON fields, which Lambda's default Text lines never have.
+            check(
+                "function.logging",
+                f.logging.is_desired(&desired.names),
+                format!("JSON lines into {}", f.logging.group),
+                format!(
+                    "logs {} lines into {} (setup deploys JSON into {}; `logs` cannot filter Text lines)",
+                    f.logging.format,
+                    f.logging.group,
+                    log_group::name(&desired.names)
+                ),
+                SETUP,
+            ),
+        ]
+    }
+
+    fn refuse(&self, desired: &Desired, observed: &All, _: &SetupOptions) -> Result<()> {
+        let n = &desired.names;
+        if observed.function.as_ref().is_some_and(|f| !f.owned) {
+            bail!(Failure::new(
+                not_ours("Lambda function", &n.function, &n.deployment),
+                NOT_OURS_HINT
+            ));
+        }
+        Ok(())
+    }
+
+    fn plan(&self, desired: &Desired, observed: &All) -> Outcome {
+        plan(desired, observed.function.as_ref()).outcome(self.kind(), &desired.names.function)
+    }
+
+    fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let plan = plan(step.desired, step.observed.function.as_ref());
+            apply(step.app, &step.clients.lambda, step.desired, &plan).await
+        })
+    }
+
+    fn removal(&self, names: &Names, observed: &All) -> Removal {
+        match &observed.function {
+            None => Removal::Absent,
+            Some(f) if f.owned => {
+                Removal::Delete(Outcome::new(self.kind(), &names.function, Action::Deleted))
+            }
+            Some(_) => {
+                Removal::Skip(
+                    Outcome::new(self.kind(), &names.function, Action::Skipped).with(vec![
+                        not_ours("Lambda function", &names.function, &names.deployment),
+                    ]),
+                )
+            }
+        }
+    }
+
+    fn delete<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+        _: &'a All,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(delete(&clients.lambda, &names.function))
     }
 }
 

@@ -1,8 +1,22 @@
-//! One module per AWS resource, each with the same verbs: `read` (observe), `plan` (a pure diff of
-//! desired against observed), `apply` (make it so), `delete` (already gone is success).
-//! `setup`, `status` and `teardown` are compositions of these.
+//! The deployment's resources and the three walks over them.
+//!
+//! One module per AWS resource, each with the same verbs: `read` (observe), `plan` (a pure diff
+//! of desired against observed), `apply` (make it so), `delete` (already gone is success), and
+//! `checks` (the pure diff `status` reports). Each module exposes them through one [`Resource`]
+//! value; [`RESOURCES`] lists those values, each naming what it depends on, and [`walk`] and
+//! [`walk_back`] order them by those dependencies. The commands never name a resource:
+//!
+//! - `setup` walks forward: refuse what must not be touched, then plan and apply each;
+//! - `status` reads everything and concatenates every resource's `checks` (read-only);
+//! - `teardown` walks back ([`walk_back`]), deleting what this deployment owns.
+//!
+//! **Adding a resource** (a log group, a table): write `resources/<name>.rs` with its verbs and a
+//! `pub static RESOURCE` implementing [`Resource`] (its `after` names the resources it needs to
+//! exist first), add its observed state as a field of [`Observed`] (its `read` fills it in), and
+//! add one entry to [`RESOURCES`]. Nothing in `commands/` changes.
 
 pub mod authorizer;
+pub mod check;
 pub mod default_authorizer;
 pub mod endpoint;
 pub mod function;
@@ -11,12 +25,135 @@ pub mod permission;
 pub mod role;
 
 use anyhow::Result;
+use futures::future::BoxFuture;
 use serde::Serialize;
 
+use crate::app::App;
 use crate::aws::{Clients, Identity};
 use crate::bundle::{self, Package};
 use crate::config::Config;
 use crate::names::Names;
+
+pub use check::Check;
+
+/// Every resource of a deployment, each naming what it depends on; [`walk`] and [`walk_back`]
+/// order them for the commands. Add a new resource here (see the module comment).
+pub static RESOURCES: &[&dyn Resource] = &[
+    &role::RESOURCE,
+    &log_group::RESOURCE,
+    &function::RESOURCE,
+    &authorizer::RESOURCE,
+    &permission::RESOURCE,
+    &default_authorizer::RESOURCE,
+];
+
+/// The resources in the order `setup` creates them (and `status` reports them): each after
+/// everything its [`Resource::after`] names, ties broken by the order of [`RESOURCES`].
+pub fn walk() -> Vec<&'static dyn Resource> {
+    ordered(|r, done| r.after().iter().all(|dep| has(done, dep)))
+}
+
+/// The order `teardown` deletes in: each only once everything that depends on it, and
+/// everything its [`Resource::removed_after`] names, is gone; ties broken by the order of
+/// [`RESOURCES`].
+pub fn walk_back() -> Vec<&'static dyn Resource> {
+    ordered(|r, done| {
+        RESOURCES
+            .iter()
+            .filter(|other| other.after().contains(&r.kind()))
+            .all(|other| has(done, other.kind()))
+            && r.removed_after().iter().all(|kind| has(done, kind))
+    })
+}
+
+fn has(done: &[&dyn Resource], kind: &str) -> bool {
+    done.iter().any(|d| d.kind() == kind)
+}
+
+/// Repeatedly takes the first resource of [`RESOURCES`] not taken yet that `ready` allows.
+fn ordered(ready: impl Fn(&dyn Resource, &[&dyn Resource]) -> bool) -> Vec<&'static dyn Resource> {
+    let mut done: Vec<&'static dyn Resource> = Vec::with_capacity(RESOURCES.len());
+    while done.len() < RESOURCES.len() {
+        let next = RESOURCES
+            .iter()
+            .find(|r| !has(&done, r.kind()) && ready(**r, &done))
+            .expect("RESOURCES: every `after` names a listed kind, without cycles");
+        done.push(*next);
+    }
+    done
+}
+
+/// What a resource's `read` found, to be stored in its field of [`Observed`]. The reads run
+/// concurrently, so each returns its result rather than writing into a shared value.
+pub type Reading = Box<dyn FnOnce(&mut Observed) + Send>;
+
+/// One resource of the deployment, as the walks see it. Every method but `read`, `apply` and
+/// `delete` is pure.
+pub trait Resource: Sync {
+    /// The `resource` of result lines and JSON: `role`, `function`, ...
+    fn kind(&self) -> &'static str;
+    /// For people: `IAM role`, `Lambda function`, ...
+    fn label(&self) -> &'static str;
+    /// The kinds that must exist before this one can be created (and outlive it).
+    fn after(&self) -> &'static [&'static str];
+    /// The kinds `teardown` deletes before this one, besides those that depend on it.
+    fn removed_after(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Observes the resource; "not found" is a reading, not an error.
+    fn read<'a>(&'a self, clients: &'a Clients, names: &'a Names)
+    -> BoxFuture<'a, Result<Reading>>;
+    /// `status`: the checks of this resource, desired against observed.
+    fn checks(&self, desired: &Desired, observed: &Observed) -> Vec<Check>;
+    /// `setup`: refuses (before any change) what must not be touched.
+    fn refuse(
+        &self,
+        _desired: &Desired,
+        _observed: &Observed,
+        _options: &SetupOptions,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// `setup`: the result line applying would give (or, in a dry run, would give).
+    fn plan(&self, desired: &Desired, observed: &Observed) -> Outcome;
+    /// `setup`: makes the resource as desired; does nothing when nothing differs.
+    fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>>;
+    /// `teardown`: whether to delete it, or to leave it alone and why.
+    fn removal(&self, names: &Names, observed: &Observed) -> Removal;
+    /// `teardown`: deletes it; already gone is success.
+    fn delete<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+        observed: &'a Observed,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+/// What `setup`'s flags change about refusing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetupOptions {
+    /// --replace-default: another authorizer being the default is no reason to stop.
+    pub replace_default: bool,
+}
+
+/// What `setup` hands each resource's `apply`.
+pub struct Step<'a> {
+    pub app: &'a App,
+    pub clients: &'a Clients,
+    pub desired: &'a Desired,
+    pub observed: &'a Observed,
+}
+
+/// `teardown`'s decision for one resource.
+#[derive(Clone, Debug)]
+pub enum Removal {
+    /// Nothing of ours there.
+    Absent,
+    /// Ours: delete it; the outcome it gives when that succeeds.
+    Delete(Outcome),
+    /// There, but not to be touched: reported as skipped.
+    Skip(Outcome),
+}
 
 /// What `setup` and `status` want to exist.
 #[derive(Clone, Debug)]
@@ -91,26 +228,15 @@ impl Observed {
 /// Reads the caller's identity and every resource at once: the reads are independent, so they
 /// run concurrently and a command's read phase costs one round trip, not seven.
 pub async fn read_all(clients: &Clients, names: &Names) -> Result<(Identity, Observed)> {
-    let (identity, role, function, authorizer, permission, default_authorizer, log_group) = tokio::try_join!(
+    let (identity, readings) = tokio::try_join!(
         crate::aws::identity(clients),
-        role::read(&clients.iam, names),
-        function::read(&clients.lambda, names),
-        authorizer::read(&clients.iot, names),
-        permission::read(&clients.lambda, names),
-        default_authorizer::read(&clients.iot),
-        log_group::read(&clients.logs, names),
+        futures::future::try_join_all(RESOURCES.iter().map(|r| r.read(clients, names))),
     )?;
-    Ok((
-        identity,
-        Observed {
-            role,
-            function,
-            authorizer,
-            permission,
-            default_authorizer,
-            log_group,
-        },
-    ))
+    let mut observed = Observed::default();
+    for reading in readings {
+        reading(&mut observed);
+    }
+    Ok((identity, observed))
 }
 
 /// What happened (or, with --dry-run, would happen) to one resource.
@@ -205,6 +331,9 @@ pub trait Planned {
     }
 }
 
+/// What to do about a resource with one of our names that is not ours.
+pub const NOT_OURS_HINT: &str = "choose another --name, or remove the resource by hand";
+
 /// A resource whose name is ours but whose owner tag is not: never touched.
 pub fn not_ours(what: &str, name: &str, deployment: &str) -> String {
     format!(
@@ -216,6 +345,48 @@ pub fn not_ours(what: &str, name: &str, deployment: &str) -> String {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    #[test]
+    fn the_walk_puts_each_resource_after_what_it_depends_on() {
+        let walk = walk();
+        let kinds: Vec<&str> = walk.iter().map(|r| r.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "role",
+                "log-group",
+                "function",
+                "authorizer",
+                "permission",
+                "default-authorizer"
+            ]
+        );
+        for (i, r) in walk.iter().enumerate() {
+            for dep in r.after() {
+                assert!(
+                    walk[..i].iter().any(|d| d.kind() == *dep),
+                    "{} needs {dep} first",
+                    r.kind()
+                );
+            }
+        }
+        let back: Vec<&str> = walk_back().iter().map(|r| r.kind()).collect();
+        assert_eq!(
+            back,
+            [
+                "default-authorizer",
+                "authorizer",
+                "permission",
+                "function",
+                "role",
+                "log-group"
+            ]
+        );
+        let mut kinds: Vec<_> = RESOURCES.iter().map(|r| r.kind()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), RESOURCES.len(), "kinds are unique");
+    }
 
     /// A desired state for the pure planning tests.
     pub fn desired() -> Desired {

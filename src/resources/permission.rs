@@ -3,11 +3,16 @@
 
 use anyhow::Result;
 use aws_sdk_lambda::Client;
+use futures::future::BoxFuture;
 use serde_json::Value;
 
+use crate::aws::Clients;
 use crate::error::AwsResultExt;
 use crate::names::Names;
-use crate::resources::Desired;
+use crate::resources::check::{SETUP, check, fail, ok, skip};
+use crate::resources::{
+    Action, Check, Desired, Observed as All, Outcome, Reading, Removal, Resource, Step,
+};
 
 pub const PRINCIPAL: &str = "iot.amazonaws.com";
 pub const ACTION: &str = "lambda:InvokeFunction";
@@ -132,6 +137,146 @@ pub async fn remove(lambda: &Client, names: &Names) -> Result<()> {
             Ok(())
         }
         Err(e) => Err(e).aws("lambda:RemovePermission"),
+    }
+}
+
+/// The invoke permission as one of the deployment's resources.
+pub struct Permission;
+pub static RESOURCE: Permission = Permission;
+
+/// Our statement as setup must treat it: deleting and recreating the function drops its policy,
+/// so a function about to be created has no statement whatever was read before.
+fn current(observed: &All) -> Option<&Observed> {
+    observed.function.as_ref().and(observed.permission.as_ref())
+}
+
+impl Resource for Permission {
+    fn kind(&self) -> &'static str {
+        "permission"
+    }
+
+    fn label(&self) -> &'static str {
+        "invoke permission"
+    }
+
+    /// Only the function: the authorizer's ARN it names is known before the authorizer exists.
+    fn after(&self) -> &'static [&'static str] {
+        &["function"]
+    }
+
+    /// IoT invokes the function through this statement while the authorizer exists: deleting
+    /// the authorizer first means no login meets an authorizer that can no longer be invoked.
+    fn removed_after(&self) -> &'static [&'static str] {
+        &["authorizer"]
+    }
+
+    fn read<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+    ) -> BoxFuture<'a, Result<Reading>> {
+        Box::pin(async move {
+            let found = read(&clients.lambda, names).await?;
+            Ok(Box::new(move |o: &mut All| o.permission = found) as Reading)
+        })
+    }
+
+    fn checks(&self, desired: &Desired, observed: &All) -> Vec<Check> {
+        let n = &desired.names;
+        if observed.function.is_none() {
+            return vec![skip("permission.exists", "no function to hold it")];
+        }
+        let Some(p) = &observed.permission else {
+            return vec![fail(
+                "permission.exists",
+                format!(
+                    "statement {} not in the function's policy: IoT cannot invoke it",
+                    n.statement_id
+                ),
+                SETUP,
+            )];
+        };
+        let want = |got: &Option<String>, want: &str| got.as_deref() == Some(want);
+        let shown = |got: &Option<String>| got.clone().unwrap_or_else(|| "unset".to_string());
+        vec![
+            ok("permission.exists", n.statement_id.clone()),
+            check(
+                "permission.principal",
+                want(&p.principal, PRINCIPAL),
+                PRINCIPAL,
+                shown(&p.principal),
+                SETUP,
+            ),
+            check(
+                "permission.action",
+                want(&p.action, ACTION),
+                ACTION,
+                shown(&p.action),
+                SETUP,
+            ),
+            check(
+                "permission.source_arn",
+                want(&p.source_arn, &desired.authorizer_arn()),
+                desired.authorizer_arn(),
+                format!(
+                    "{} (want {})",
+                    shown(&p.source_arn),
+                    desired.authorizer_arn()
+                ),
+                SETUP,
+            ),
+            check(
+                "permission.source_account",
+                want(&p.source_account, &desired.account),
+                desired.account.clone(),
+                format!("{} (want {})", shown(&p.source_account), desired.account),
+                SETUP,
+            ),
+        ]
+    }
+
+    fn plan(&self, desired: &Desired, observed: &All) -> Outcome {
+        let name = &desired.names.statement_id;
+        let statement = current(observed);
+        let problems = problems(desired, statement);
+        match (statement, problems.is_empty()) {
+            (None, _) => Outcome::new(self.kind(), name, Action::Created),
+            (Some(_), true) => Outcome::new(self.kind(), name, Action::Unchanged),
+            (Some(_), false) => Outcome::new(self.kind(), name, Action::Updated).with(problems),
+        }
+    }
+
+    fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let statement = current(step.observed);
+            if statement.is_some() && problems(step.desired, statement).is_empty() {
+                return Ok(());
+            }
+            apply(&step.clients.lambda, step.desired, statement.is_some()).await
+        })
+    }
+
+    /// Only from a function of ours: another's policy is not ours to edit.
+    fn removal(&self, names: &Names, observed: &All) -> Removal {
+        let function_ours = observed.function.as_ref().is_some_and(|f| f.owned);
+        if observed.permission.is_some() && function_ours {
+            Removal::Delete(Outcome::new(
+                self.kind(),
+                &names.statement_id,
+                Action::Deleted,
+            ))
+        } else {
+            Removal::Absent
+        }
+    }
+
+    fn delete<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+        _: &'a All,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(remove(&clients.lambda, names))
     }
 }
 

@@ -1,13 +1,21 @@
 //! The function's IAM execution role: trusts only `lambda.amazonaws.com`, carries
 //! `AWSLambdaBasicExecutionRole` and nothing else.
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aws_sdk_iam::Client;
 use aws_sdk_iam::types::Tag;
 use serde_json::{Value, json};
 
-use crate::error::AwsResultExt;
+use futures::future::BoxFuture;
+
+use crate::aws::Clients;
+use crate::error::{AwsResultExt, Failure};
 use crate::names::{BASIC_EXECUTION_POLICY_ARN, Names, OWNER_TAG, owned_by};
+use crate::resources::check::{SETUP, check, fail, ok};
+use crate::resources::{
+    Action, Check, Desired, NOT_OURS_HINT, Observed as All, Outcome, Planned as _, Reading,
+    Removal, Resource, SetupOptions, Step, not_ours,
+};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
@@ -240,6 +248,133 @@ pub async fn delete(iam: &Client, names: &Names, observed: &Observed) -> Result<
             Ok(())
         }
         Err(e) => Err(e).aws("iam:DeleteRole"),
+    }
+}
+
+/// The role as one of the deployment's resources.
+pub struct Role;
+pub static RESOURCE: Role = Role;
+
+impl Resource for Role {
+    fn kind(&self) -> &'static str {
+        "role"
+    }
+
+    fn label(&self) -> &'static str {
+        "IAM role"
+    }
+
+    fn after(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn read<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+    ) -> BoxFuture<'a, Result<Reading>> {
+        Box::pin(async move {
+            let found = read(&clients.iam, names).await?;
+            Ok(Box::new(move |o: &mut All| o.role = found) as Reading)
+        })
+    }
+
+    fn checks(&self, desired: &Desired, observed: &All) -> Vec<Check> {
+        let Some(r) = &observed.role else {
+            return vec![fail(
+                "role.exists",
+                format!("IAM role {} not found", desired.names.role),
+                SETUP,
+            )];
+        };
+        let basic = r.attached.iter().any(|a| a == BASIC_EXECUTION_POLICY_ARN);
+        let extra: Vec<&str> = r
+            .attached
+            .iter()
+            .filter(|a| *a != BASIC_EXECUTION_POLICY_ARN)
+            .chain(&r.inline)
+            .map(String::as_str)
+            .collect();
+        vec![
+            ok("role.exists", r.arn.clone()),
+            check(
+                "role.owned",
+                r.owned,
+                "tagged as ours",
+                "not tagged as created by this deployment",
+                "choose another --name or remove the role by hand",
+            ),
+            check(
+                "role.trust_policy",
+                trusts_only_lambda(&r.trust_policy),
+                "trusts lambda.amazonaws.com only",
+                "trust policy does not limit the role to lambda.amazonaws.com",
+                SETUP,
+            ),
+            check(
+                "role.execution_policy",
+                basic && extra.is_empty(),
+                "AWSLambdaBasicExecutionRole only",
+                if basic {
+                    format!("extra policies: {}", extra.join(", "))
+                } else {
+                    "AWSLambdaBasicExecutionRole is not attached".to_string()
+                },
+                SETUP,
+            ),
+        ]
+    }
+
+    fn refuse(&self, desired: &Desired, observed: &All, _: &SetupOptions) -> Result<()> {
+        let n = &desired.names;
+        if observed.role.as_ref().is_some_and(|r| !r.owned) {
+            bail!(Failure::new(
+                not_ours("IAM role", &n.role, &n.deployment),
+                NOT_OURS_HINT
+            ));
+        }
+        Ok(())
+    }
+
+    fn plan(&self, desired: &Desired, observed: &All) -> Outcome {
+        plan(observed.role.as_ref()).outcome(self.kind(), &desired.names.role)
+    }
+
+    fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let plan = plan(step.observed.role.as_ref());
+            apply(&step.clients.iam, &step.desired.names, &plan).await
+        })
+    }
+
+    fn removal(&self, names: &Names, observed: &All) -> Removal {
+        match &observed.role {
+            None => Removal::Absent,
+            Some(r) if r.owned => {
+                Removal::Delete(Outcome::new(self.kind(), &names.role, Action::Deleted))
+            }
+            Some(_) => Removal::Skip(
+                Outcome::new(self.kind(), &names.role, Action::Skipped).with(vec![not_ours(
+                    "IAM role",
+                    &names.role,
+                    &names.deployment,
+                )]),
+            ),
+        }
+    }
+
+    fn delete<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+        observed: &'a All,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            match &observed.role {
+                Some(r) => delete(&clients.iam, names, r).await,
+                None => Ok(()),
+            }
+        })
     }
 }
 

@@ -44,6 +44,30 @@ impl Call {
     }
 }
 
+/// A least-privilege IAM identity made by the stand-in: calls signed with its key are evaluated
+/// against its policy as IAM does (see standin/README.md, "Identities").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `arn:<partition>:iam::<account>:user/<name>`; the partition of the region it was made for.
+    pub arn: String,
+}
+
+impl Identity {
+    /// The variables that make the CLI binary (or any SDK) sign as this identity; put them after
+    /// `StandIn::env()`'s, or use `StandIn::env_as`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".to_string(), self.access_key_id.clone()),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                self.secret_access_key.clone(),
+            ),
+        ]
+    }
+}
+
 pub struct StandIn {
     child: Child,
     url: String,
@@ -138,17 +162,73 @@ impl StandIn {
         .collect()
     }
 
-    /// SDK configuration for driving the AWS SDK clients against this stand-in,
-    /// with the SDK's default (standard, 3 attempts) retry.
-    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+    /// `env()` with the region replaced, e.g. `cn-north-1` for the `aws-cn` partition.
+    pub fn env_in(&self, region: &str) -> Vec<(String, String)> {
+        replace_vars(
+            self.env(),
+            &[("AWS_REGION".to_string(), region.to_string())],
+        )
+    }
+
+    /// `env()` signing as `identity` instead of the unrestricted test key.
+    pub fn env_as(&self, identity: &Identity) -> Vec<(String, String)> {
+        replace_vars(self.env(), &identity.env())
+    }
+
+    /// Create an IAM user holding exactly `policy` (an IAM policy document) and an access key.
+    /// The identity works in every region; `arn` is in the `aws` partition (see `identity_in`).
+    pub fn identity(&self, name: &str, policy: &serde_json::Value) -> Identity {
+        self.identity_in(REGION, name, policy)
+    }
+
+    /// `identity`, with `arn` in the partition of `region` (`aws-cn` for `cn-north-1`, ...).
+    pub fn identity_in(&self, region: &str, name: &str, policy: &serde_json::Value) -> Identity {
+        let spec = serde_json::json!({"name": name, "policy": policy, "region": region});
+        let body = self.control("POST", "/_standin/identities", &spec.to_string());
+        let made: serde_json::Value = serde_json::from_str(&body).expect("identity is JSON");
+        let field = |key: &str| made[key].as_str().expect(key).to_string();
+        Identity {
+            access_key_id: field("access_key_id"),
+            secret_access_key: field("secret_access_key"),
+            arn: field("arn"),
+        }
+    }
+
+    /// Make the Active function `name` Inactive (StateReasonCode `Idle`), as weeks without an
+    /// invocation would. `region` is needed only when functions of that name exist in several.
+    pub fn deactivate_function(&self, name: &str, region: Option<&str>) {
+        let query = region.map(|r| format!("?region={r}")).unwrap_or_default();
+        self.control(
+            "POST",
+            &format!("/_standin/functions/{name}/deactivate{query}"),
+            "",
+        );
+    }
+
+    /// SDK configuration for `region` (any partition), signing as `identity` or, with `None`, as
+    /// the unrestricted test key.
+    pub async fn sdk_config_for(
+        &self,
+        region: &str,
+        identity: Option<&Identity>,
+    ) -> aws_config::SdkConfig {
+        let (key, secret) = identity.map_or(("test", "test"), |i| {
+            (i.access_key_id.as_str(), i.secret_access_key.as_str())
+        });
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.url)
-            .region(aws_config::Region::new(REGION))
+            .region(aws_config::Region::new(region.to_string()))
             .credentials_provider(aws_sdk_sts::config::Credentials::new(
-                "test", "test", None, None, "standin",
+                key, secret, None, None, "standin",
             ))
             .load()
             .await
+    }
+
+    /// SDK configuration for driving the AWS SDK clients against this stand-in,
+    /// with the SDK's default (standard, 3 attempts) retry.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        self.sdk_config_for(REGION, None).await
     }
 
     /// One control-API request over plain HTTP/1.0; panics on a non-200 answer.
@@ -179,6 +259,19 @@ impl Drop for StandIn {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `vars` with each of `overrides` replacing the variable of the same name.
+fn replace_vars(
+    vars: Vec<(String, String)>,
+    overrides: &[(String, String)],
+) -> Vec<(String, String)> {
+    vars.into_iter()
+        .map(|(k, v)| {
+            let replaced = overrides.iter().find(|(name, _)| *name == k);
+            (k, replaced.map_or(v, |(_, value)| value.clone()))
+        })
+        .collect()
 }
 
 fn millis(value: &serde_json::Value) -> Duration {
