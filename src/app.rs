@@ -55,6 +55,13 @@ impl App {
         }
     }
 
+    /// A bounded wait the user should see (IAM propagation, Lambda becoming Active or Updated,
+    /// `logs --follow`): a live spinner with the elapsed time on a terminal, the message as one
+    /// plain stderr line otherwise. It ends when the returned value is dropped.
+    pub fn wait(&self, message: impl Into<String>) -> crate::progress::Wait {
+        crate::progress::Wait::start(message.into(), self.global.quiet)
+    }
+
     /// Prints a result: its `Display` as text, or itself as JSON.
     pub fn print<T: Serialize + std::fmt::Display>(&self, result: &T) {
         if self.json() {

@@ -28,6 +28,7 @@ pub struct Clients {
     pub iam: aws_sdk_iam::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub iot: aws_sdk_iot::Client,
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     pub sts: aws_sdk_sts::Client,
     pub region: String,
 }
@@ -46,6 +47,7 @@ impl Clients {
             iam: aws_sdk_iam::Client::new(config),
             lambda: aws_sdk_lambda::Client::new(config),
             iot: aws_sdk_iot::Client::new(config),
+            logs: aws_sdk_cloudwatchlogs::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
             region,
         })

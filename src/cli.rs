@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{connect, device, iam_policy, setup, status, teardown};
+use crate::commands::{connect, device, iam_policy, logs, setup, status, teardown};
+
+/// The config file used when --config is not given.
+pub const DEFAULT_CONFIG: &str = "iot-custom-auth.toml";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +36,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         value_name = "FILE",
-        default_value = "iot-custom-auth.toml",
+        default_value = DEFAULT_CONFIG,
         env = "IOT_CUSTOM_AUTH_CONFIG"
     )]
     pub config: PathBuf,
@@ -95,4 +98,33 @@ pub enum Command {
     /// that checks each login with the authorizer under the local `node` and enforces the
     /// policies it returns. No AWS account needed.
     Local(crate::local::LocalArgs),
+    /// Show the authorizer's login decisions (who was let in or refused, and why) from
+    /// CloudWatch Logs, newest last.
+    Logs(logs::LogsArgs),
+    /// Print a shell completion script, e.g. `iot-custom-auth completions bash >
+    /// ~/.local/share/bash-completion/completions/iot-custom-auth`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `iot-custom-auth man > ~/.local/share/man/man1/iot-custom-auth.1`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Writes the completion script for `shell` to stdout.
+pub fn print_completions(args: &CompletionsArgs) {
+    use clap::CommandFactory as _;
+    let mut command = Cli::command();
+    let name = command.get_name().to_string();
+    clap_complete::generate(args.shell, &mut command, name, &mut std::io::stdout());
+}
+
+/// Writes the man page to stdout.
+pub fn print_man() -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())
 }

@@ -19,6 +19,11 @@ pub const MAX_TIMEOUT_SECONDS: i32 = 5;
 /// IoT's bounds for refreshAfterInSeconds and disconnectAfterInSeconds.
 pub const MIN_SESSION_SECONDS: u32 = 300;
 pub const MAX_SESSION_SECONDS: u32 = 86_400;
+/// The retention periods CloudWatch Logs accepts for a log group (PutRetentionPolicy).
+pub const LOG_RETENTION_DAYS: &[i32] = &[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
 /// Longest username / client ID we accept: IoT's principalId and client ID limits are 128.
 const MAX_ID_LEN: usize = 128;
 /// IoT's topic limits: 256 bytes, at most 7 forward slashes.
@@ -50,6 +55,8 @@ pub struct Deployment {
     pub code: Option<PathBuf>,
     /// Handler of your own authorizer (`file.export`).
     pub handler: String,
+    /// Days CloudWatch Logs keeps the authorizer's log lines (one of [`LOG_RETENTION_DAYS`]).
+    pub log_retention_days: i32,
 }
 
 impl Default for Deployment {
@@ -64,6 +71,7 @@ impl Default for Deployment {
             default_authorizer: true,
             code: None,
             handler: "index.handler".to_string(),
+            log_retention_days: 30,
         }
     }
 }
@@ -154,6 +162,16 @@ impl Config {
                     "deployment.{key} must be {MIN_SESSION_SECONDS}..={MAX_SESSION_SECONDS} (IoT's bounds)"
                 );
             }
+        }
+        if !LOG_RETENTION_DAYS.contains(&d.log_retention_days) {
+            bail!(
+                "deployment.log_retention_days must be one of CloudWatch Logs' periods: {}",
+                LOG_RETENTION_DAYS
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         let mut usernames = HashMap::new();
         let mut principals = HashMap::new();
@@ -363,5 +381,23 @@ mod tests {
         c.deployment.refresh_after_seconds = 300;
         c.deployment.timeout_seconds = 6;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn log_retention_must_be_a_period_cloudwatch_accepts() {
+        let mut c = Config::default();
+        assert_eq!(c.deployment.log_retention_days, 30);
+        for ok in [1, 14, 365, 3653] {
+            c.deployment.log_retention_days = ok;
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in [0, 2, 31, 10_000, -1] {
+            c.deployment.log_retention_days = bad;
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("log_retention_days") && err.contains("545"),
+                "{err}"
+            );
+        }
     }
 }

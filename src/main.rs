@@ -11,6 +11,7 @@ mod local;
 mod mqtt;
 mod names;
 mod policy;
+mod progress;
 mod resources;
 mod tls;
 mod verifier;

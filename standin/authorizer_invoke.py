@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -23,6 +24,7 @@ from moto.awslambda.exceptions import UnknownFunctionException
 from moto.awslambda.utils import get_backend
 
 import lambda_lifecycle
+import logs
 
 RUNNER = Path(__file__).with_name("invoke.mjs")
 CODE_CACHE = Path(tempfile.gettempdir()) / "iot-custom-auth-standin" / "code"
@@ -183,13 +185,16 @@ def _signature_matches(public_keys_pem, token: str, signature: str) -> bool:
 def _run_node(fn, event: dict, timeout: float) -> dict:
     code_dir = _extracted_code(fn.code_bytes)
     command = [_node_binary(fn.run_time), str(RUNNER), str(code_dir), fn.handler or "", fn.run_time or ""]
+    request_id = str(uuid.uuid4())
     env = {
         **os.environ,
         "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
         "LAMBDA_TASK_ROOT": str(code_dir),
         "AWS_REGION": fn.region,
         "AWS_LAMBDA_FUNCTION_TIMEOUT": str(timeout),
+        **logs.invocation_env(fn, request_id),
     }
+    started = time.time()
     try:
         completed = subprocess.run(
             command,
@@ -199,10 +204,12 @@ def _run_node(fn, event: dict, timeout: float) -> dict:
             cwd=code_dir,
             env=env,
         )
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
+        logs.record_invocation(fn, request_id, started, timeout * 1000, err.stderr or b"", timed_out=True)
         raise BadReply(f"The authorizer function timed out after {timeout:g} seconds")
     except OSError as err:
         raise BadReply(f"Could not start Node.js ({command[0]}): {err}")
+    logs.record_invocation(fn, request_id, started, (time.time() - started) * 1000, completed.stderr)
     try:
         outcome = json.loads(completed.stdout.decode().strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):

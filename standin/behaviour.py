@@ -162,7 +162,7 @@ def monotonic_ms() -> float:
 
 
 def is_mutating(operation: str) -> bool:
-    read_only_prefixes = ("Get", "List", "Describe", "TestInvoke")
+    read_only_prefixes = ("Get", "List", "Describe", "TestInvoke", "FilterLogEvents")
     return not (operation.startswith(read_only_prefixes) or operation == "GetCallerIdentity")
 
 

@@ -4,14 +4,15 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
+import { installConsole } from "./lambda_console.mjs";
 
 const [codeDir, handlerSpec, runtime] = process.argv.slice(2);
 
-// The handler's own logging must not mix with the result on stdout.
+// The handler's own logging must not mix with the result on stdout; it goes to stderr as
+// Lambda's runtime would format it for CloudWatch Logs.
 const result = process.stdout.write.bind(process.stdout);
-for (const level of ["log", "info", "debug", "warn", "error", "trace"]) {
-  console[level] = (...args) => process.stderr.write(args.map(String).join(" ") + "\n");
-}
+const requestId = process.env.STANDIN_REQUEST_ID ?? crypto.randomUUID();
+installConsole(requestId);
 
 function fail(errorType, error) {
   result(JSON.stringify({ ok: false, errorType, errorMessage: String(error?.message ?? error) }) + "\n");
@@ -57,7 +58,7 @@ const event = JSON.parse(readFileSync(0, "utf8"));
 const deadline = Date.now() + Number(process.env.AWS_LAMBDA_FUNCTION_TIMEOUT) * 1000;
 const context = {
   functionName: process.env.AWS_LAMBDA_FUNCTION_NAME,
-  awsRequestId: crypto.randomUUID(),
+  awsRequestId: requestId,
   getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
   callbackWaitsForEmptyEventLoop: true,
 };

@@ -45,6 +45,7 @@ def main() -> None:
     import lambda_lifecycle
     import lambda_realism
     import partitions
+    import logs
     from middleware import StandInMiddleware
 
     behaviour.STATE.set_start_values(
@@ -60,6 +61,7 @@ def main() -> None:
     partitions.install()
     lambda_realism.install()
     lambda_lifecycle.install()  # wraps on top of lambda_realism's wrappers
+    logs.install()
     access.install()
 
     app = StandInMiddleware(DomainDispatcherApplication(create_backend_app))

@@ -32,6 +32,9 @@ def operation_of(service: str, environ: dict, body: bytes) -> str:
     if service in QUERY_SERVICES:
         params = parse_qs(body.decode("utf-8", "replace")) or parse_qs(environ.get("QUERY_STRING", ""))
         return params.get("Action", ["Unknown"])[0]
+    # JSON protocols (CloudWatch Logs) name the operation in a header: `Logs_20140328.FilterLogEvents`.
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        return environ["HTTP_X_AMZ_TARGET"].rsplit(".", 1)[-1]
     return _rest_operation(service, environ, body)
 
 

@@ -44,6 +44,15 @@ fn reads(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
+/// The reads as `service:Operation`: IoT and CloudWatch Logs both have ListTagsForResource.
+fn qualified(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| !c.mutating)
+        .map(|c| format!("{}:{}", c.service, c.operation))
+        .collect()
+}
+
 /// How often each operation was called.
 fn tally(operations: &[String]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -87,23 +96,24 @@ fn timeline(calls: &[Call]) -> String {
         .collect()
 }
 
-/// Measured: 10 reads, each of a different thing, and nothing written:
+/// Measured: 12 reads, each of a different thing, and nothing written:
 /// GetCallerIdentity (the account every ARN is built in), GetRole + ListAttachedRolePolicies +
 /// ListRolePolicies (trust and policies), GetFunction (configuration, code hash, tags),
 /// GetPolicy (the invoke permission), DescribeAuthorizer + ListTagsForResource (the authorizer
 /// and its owner tag), DescribeDefaultAuthorizer and DescribeEndpoint (for the connection
-/// details). The issue's budget of 12 leaves room for two more checks; reading anything twice is
-/// waste whatever the total.
+/// details), DescribeLogGroups + logs:ListTagsForResource (the log group's retention and owner
+/// tag). That is the issue's budget of 12; reading anything twice is waste whatever the total.
 ///
-/// They take 2 round trips: everything at once, then the two reads that need an answer of the
-/// first (a role's policies once it exists, an authorizer's tags once its ARN is known).
+/// They take 2 round trips: everything at once, then the reads that need an answer of the
+/// first (a role's policies once it exists, an authorizer's or log group's tags once its ARN is
+/// known).
 #[test]
 fn setup_with_nothing_to_change_reads_each_thing_once_and_writes_nothing() {
     let (standin, cli) = deployed();
     standin.set_behaviour(json!({"latency_ms": LATENCY_MS}));
     let run = cli.run(&["setup"]).expect(0);
     assert!(
-        run.stdout.contains("changed 0 of 5"),
+        run.stdout.contains("changed 0 of 6"),
         "setup found something to change:\n{}",
         run.stdout
     );
@@ -116,7 +126,10 @@ fn setup_with_nothing_to_change_reads_each_thing_once_and_writes_nothing() {
         reads.len(),
         timeline(&calls)
     );
-    let repeated: Vec<_> = tally(&reads).into_iter().filter(|(_, n)| *n > 1).collect();
+    let repeated: Vec<_> = tally(&qualified(&calls))
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
     assert!(repeated.is_empty(), "read more than once: {repeated:?}");
     assert!(
         round_trips(&calls) <= 2,
@@ -128,7 +141,7 @@ fn setup_with_nothing_to_change_reads_each_thing_once_and_writes_nothing() {
 
 /// `status` writes nothing and issues its independent reads concurrently: the seven that need
 /// nothing from another answer are all in flight at the same time, and the whole check costs two
-/// round trips, as `setup`'s read phase does (the same 10 reads, see above).
+/// round trips, as `setup`'s read phase does (the same 12 reads, see above).
 #[test]
 fn status_writes_nothing_and_issues_its_independent_reads_concurrently() {
     let (standin, cli) = deployed();
@@ -151,6 +164,7 @@ fn status_writes_nothing_and_issues_its_independent_reads_concurrently() {
         "DescribeAuthorizer",
         "DescribeDefaultAuthorizer",
         "DescribeEndpoint",
+        "DescribeLogGroups",
     ];
     let first: Vec<&Call> = independent
         .iter()
@@ -180,7 +194,7 @@ fn status_writes_nothing_and_issues_its_independent_reads_concurrently() {
     );
 }
 
-/// With nothing deployed, `teardown` only looks: the six first reads all answer "not found", so
+/// With nothing deployed, `teardown` only looks: the seven first reads all answer "not found", so
 /// there is nothing to follow up (no policies, no tags) and nothing to delete or clear — not
 /// even the default authorizer, which is not ours to clear when it is unset.
 #[test]
@@ -193,7 +207,7 @@ fn teardown_of_an_absent_deployment_writes_nothing() {
     let calls = standin.calls();
     assert_eq!(writes(&calls), Vec::<String>::new(), "{}", timeline(&calls));
     assert!(
-        calls.len() <= 6,
+        calls.len() <= 7,
         "{} reads:\n{}",
         calls.len(),
         timeline(&calls)
@@ -207,7 +221,7 @@ fn teardown_of_an_absent_deployment_writes_nothing() {
     let calls = standin.calls();
     assert_eq!(writes(&calls), Vec::<String>::new(), "{}", timeline(&calls));
     assert!(
-        calls.len() <= 6,
+        calls.len() <= 7,
         "{} reads:\n{}",
         calls.len(),
         timeline(&calls)
@@ -233,6 +247,8 @@ fn setup_from_empty_writes_each_resource_once() {
         "CreateAuthorizer",
         "AddPermission",
         "SetDefaultAuthorizer",
+        "CreateLogGroup",
+        "PutRetentionPolicy",
     ];
     for op in expected_once {
         assert_eq!(writes.get(op), Some(&1), "{op}:\n{}", timeline(&calls));
@@ -249,7 +265,7 @@ fn setup_from_empty_writes_each_resource_once() {
         "unexpected writes: {writes:?}"
     );
     let reads = tally(&reads(&calls));
-    // The read phase finds nothing, so it reads 7 things (no policies, no tags to follow up).
+    // The read phase finds nothing, so it reads 8 things (no policies, no tags to follow up).
     let polls = reads.get("GetFunction").copied().unwrap_or(0) - 1;
     assert!(
         (1..=3).contains(&polls),
@@ -261,12 +277,12 @@ fn setup_from_empty_writes_each_resource_once() {
         .filter(|(op, _)| op.as_str() != "GetFunction")
         .map(|(_, n)| n)
         .sum();
-    assert_eq!(others, 6, "reads: {reads:?}");
+    assert_eq!(others, 7, "reads: {reads:?}");
 }
 
 /// A device added: `setup` uploads the new code once and polls until Lambda has applied it.
 /// It does not poll before the upload when its read already found no update in progress (that
-/// would only repeat the read), so besides the usual 10 reads there are only the polls: with the
+/// would only repeat the read), so besides the usual 12 reads there are only the polls: with the
 /// stand-in's default 1 s InProgress and a poll every second, 2 of them (3 on a slow machine).
 #[test]
 fn setup_after_a_device_change_uploads_once_and_only_polls_after() {
@@ -286,7 +302,7 @@ fn setup_after_a_device_change_uploads_once_and_only_polls_after() {
         .iter()
         .filter(|c| !c.mutating && c.end <= update.start)
         .count();
-    assert_eq!(before, 10, "reads before the upload:\n{}", timeline(&calls));
+    assert_eq!(before, 12, "reads before the upload:\n{}", timeline(&calls));
     let polls: Vec<&Call> = calls.iter().filter(|c| c.start >= update.end).collect();
     assert!(
         (1..=3).contains(&polls.len()) && polls.iter().all(|c| c.operation == "GetFunction"),

@@ -159,11 +159,11 @@ async fn setup_from_empty_deploys_a_working_authorizer_and_a_rerun_changes_nothi
             .lines()
             .filter(|l| l.contains(" unchanged"))
             .count(),
-        5,
+        6,
         "{}",
         again.stdout
     );
-    assert!(again.stdout.contains("changed 0 of 5"), "{}", again.stdout);
+    assert!(again.stdout.contains("changed 0 of 6"), "{}", again.stdout);
     assert_eq!(mutating(&standin), Vec::<String>::new());
     cli.run(&["status"]).expect(0);
 }
@@ -184,7 +184,7 @@ async fn dry_run_and_status_never_write() {
         .iter()
         .map(|r| r["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["created"; 5]);
+    assert_eq!(actions, ["created"; 6]);
     let status = cli.run(&["status"]).expect(3);
     assert!(status.stdout.contains("not deployed"), "{}", status.stdout);
     assert_eq!(mutating(&standin), Vec::<String>::new());
@@ -456,7 +456,8 @@ async fn teardown_after_a_half_finished_setup_removes_what_was_created() {
     cli.run(&["setup"]).expect(1);
     let down = cli.run(&["teardown", "--yes"]).expect(0);
     assert!(
-        down.stdout.contains("removed 2 resources"),
+        // The role, the log group and the function.
+        down.stdout.contains("removed 3 resources"),
         "{}",
         down.stdout
     );
@@ -720,8 +721,14 @@ async fn iam_policy_covers_every_call_each_command_makes() {
         &[("IOT_CUSTOM_AUTH_PASSWORD", &password)],
         0,
     );
+    let logs = record(&["logs", "--user", "sensor1"], &[], 0);
     let teardown = record(&["teardown", "--yes"], &[], 0);
-    for (command, calls) in [("setup", setup), ("status", status), ("teardown", teardown)] {
+    for (command, calls) in [
+        ("setup", setup),
+        ("status", status),
+        ("logs", logs),
+        ("teardown", teardown),
+    ] {
         let policy = cli
             .run(&["iam-policy", "--for", command, "--output", "json"])
             .expect(0)

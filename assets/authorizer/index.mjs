@@ -254,7 +254,10 @@ function logLogin(conn, user, clientId, result, reason) {
     };
     if (reason) rec.reason = reason;
     if (typeof conn === 'string' && conn.length > 0) rec.connectionId = logField(conn);
-    console.log(JSON.stringify(rec));
+    // With the function's LogFormat JSON, Lambda embeds a logged object in its record's
+    // `message`, where CloudWatch filter patterns (`{ $.message.result = "deny" }`) reach it; a
+    // logged string would stay an opaque string there. Text format gets the JSON text.
+    console.log(process.env.AWS_LAMBDA_LOG_FORMAT === 'JSON' ? rec : JSON.stringify(rec));
   } catch {
     // logging must never break authorization
   }

@@ -431,10 +431,19 @@ pub async fn check(app: &App, options: &ConnectOptions) -> Result<ConnectSummary
     if let Err((stage, stop)) =
         session(app, options, &target, &login, tls, &mut summary, start).await
     {
+        let at_login = matches!(stage, Stage::Connect);
         let verdict = judge(stage, stop, &summary, &handshake, options.timeout)?;
         summary.outcome = verdict.outcome;
         summary.reason = Some(verdict.reason);
         summary.remedy = verdict.remedy;
+        if at_login {
+            summary.remedy = Some(crate::commands::logs::with_hint(
+                app,
+                summary.remedy.take(),
+                &options.username,
+                Some(options.client_id()),
+            ));
+        }
     }
     summary.finish(millis(start));
     Ok(summary)

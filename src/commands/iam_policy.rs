@@ -31,6 +31,7 @@ pub enum For {
     Setup,
     Status,
     Teardown,
+    Logs,
     All,
 }
 
@@ -121,6 +122,60 @@ fn needs(command: For) -> Needs {
     n
 }
 
+/// CloudWatch Logs actions on the function's log group, per command.
+fn log_group_needs(command: For) -> Vec<&'static str> {
+    let read = ["logs:DescribeLogGroups", "logs:ListTagsForResource"];
+    let mut actions: Vec<&'static str> = match command {
+        For::Logs => vec![],
+        _ => read.to_vec(),
+    };
+    if matches!(command, For::Setup | For::All) {
+        // CreateLogGroup with tags needs TagResource too.
+        actions.extend([
+            "logs:CreateLogGroup",
+            "logs:TagResource",
+            "logs:PutRetentionPolicy",
+        ]);
+    }
+    if matches!(command, For::Teardown | For::All) {
+        actions.push("logs:DeleteLogGroup");
+    }
+    if matches!(command, For::Logs | For::All) {
+        actions.push("logs:FilterLogEvents");
+    }
+    actions.sort_unstable();
+    actions
+}
+
+/// The statements for the log group: scoped to it, in both ARN forms IAM evaluates log-group
+/// actions against (`…:log-group:NAME` and `…:log-group:NAME:*`).
+fn log_group_statements(
+    command: For,
+    names: &Names,
+    partition: &str,
+    region: &str,
+    account: &str,
+) -> Vec<Value> {
+    let arn = crate::resources::log_group::arn(names, partition, region, account);
+    let mut actions = log_group_needs(command);
+    let mut statements = Vec::new();
+    // [silent] DescribeLogGroups lists by name prefix and is not documented as scopable to one
+    // group; it only reveals names and retention, so it gets the account's log groups.
+    if let Some(i) = actions.iter().position(|a| *a == "logs:DescribeLogGroups") {
+        actions.remove(i);
+        statements.push(
+            json!({"Sid": "ListLogGroups", "Effect": "Allow", "Action": "logs:DescribeLogGroups",
+            "Resource": format!("arn:{partition}:logs:{region}:{account}:log-group:*")}),
+        );
+    }
+    statements.insert(
+        0,
+        json!({"Sid": "AuthorizerLogGroup", "Effect": "Allow", "Action": actions,
+        "Resource": [arn.clone(), format!("{arn}:*")]}),
+    );
+    statements
+}
+
 /// The policy document for `command`.
 pub fn document(
     command: For,
@@ -129,6 +184,15 @@ pub fn document(
     region: &str,
     account: &str,
 ) -> Value {
+    if command == For::Logs {
+        // `logs` reads the log lines, and the function's logging config to explain an empty answer.
+        let mut statements = log_group_statements(command, names, partition, region, account);
+        statements.push(
+            json!({"Sid": "AuthorizerFunction", "Effect": "Allow", "Action": ["lambda:GetFunction"],
+            "Resource": names.function_arn(partition, region, account)}),
+        );
+        return json!({"Version": "2012-10-17", "Statement": statements});
+    }
     let n = needs(command);
     let role_arn = names.role_arn(partition, account);
     let mut statements = vec![
@@ -154,6 +218,7 @@ pub fn document(
             }));
         }
     }
+    statements.extend(log_group_statements(command, names, partition, region, account));
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 

@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod device;
 pub mod iam_policy;
+pub mod logs;
 pub mod setup;
 pub mod status;
 pub mod teardown;
@@ -22,5 +23,14 @@ pub async fn run(app: &App, command: Command) -> Result<u8> {
         Command::IamPolicy(args) => iam_policy::run(app, args).await,
         Command::Connect(args) => connect::run(app, args).await,
         Command::Local(args) => crate::local::run(app, args).await,
+        Command::Logs(args) => logs::run(app, args).await,
+        Command::Completions(args) => {
+            crate::cli::print_completions(&args);
+            Ok(crate::error::exit::OK)
+        }
+        Command::Man => {
+            crate::cli::print_man()?;
+            Ok(crate::error::exit::OK)
+        }
     }
 }

@@ -170,7 +170,7 @@ impl fmt::Display for Report {
         let changed = self
             .resources
             .iter()
-            .filter(|o| o.action != Action::Unchanged)
+            .filter(|o| !matches!(o.action, Action::Unchanged | Action::Skipped))
             .count();
         let verb = if self.dry_run {
             "would change"

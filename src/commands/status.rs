@@ -241,7 +241,12 @@ fn allowed_check(
         fail(
             "probe.allowed",
             format!("`{user}` with its password was refused"),
-            "check the password, or run `setup` if the device was added since",
+            crate::commands::logs::with_hint(
+                app,
+                Some("check the password, or run `setup` if the device was added since".into()),
+                user,
+                Some(client_id.as_str()),
+            ),
         )
     } else if got != expected {
         fail(
@@ -330,11 +335,13 @@ impl fmt::Display for Report {
             self.deployment, self.region, self.account
         )?;
         let width = self.checks.iter().map(|c| c.id.len()).max().unwrap_or(0);
+        let colour = crate::progress::colour();
         for c in &self.checks {
+            use crate::progress::{Colour, paint};
             let mark = match c.state {
-                State::Ok => "ok  ",
-                State::Fail => "FAIL",
-                State::Skip => "skip",
+                State::Ok => paint("ok  ", Colour::Green, colour),
+                State::Fail => paint("FAIL", Colour::Red, colour),
+                State::Skip => paint("skip", Colour::Yellow, colour),
             };
             writeln!(f, "  {mark}  {:<width$}  {}", c.id, c.detail)?;
             if let Some(fix) = &c.fix {
@@ -363,7 +370,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{authorizer, function, permission, role};
+    use crate::resources::{authorizer, function, log_group, permission, role};
 
     fn healthy() -> (Desired, Observed) {
         let d = crate::resources::tests::desired();
@@ -388,6 +395,10 @@ mod tests {
                 state_reason: String::new(),
                 last_update_status: "Successful".into(),
                 owned: true,
+                logging: log_group::Logging::from_config(
+                    Some(&log_group::logging_config(&d.names)),
+                    &d.names,
+                ),
             }),
             authorizer: Some(authorizer::Observed {
                 arn: d.authorizer_arn(),
@@ -403,6 +414,12 @@ mod tests {
                 source_account: Some(d.account.clone()),
             }),
             default_authorizer: Some(d.names.authorizer.clone()),
+            log_group: Some(log_group::Observed {
+                arn: "arn:aws:logs:eu-west-1:111122223333:log-group:/aws/lambda/d-authorizer"
+                    .into(),
+                retention_days: Some(30),
+                owned: true,
+            }),
         };
         (d, o)
     }
@@ -455,6 +472,19 @@ mod tests {
             }),
             ("role.trust_policy", |o| {
                 o.role.as_mut().unwrap().trust_policy = serde_json::json!({})
+            }),
+            ("function.logging", |o| {
+                o.function.as_mut().unwrap().logging.format = "Text".into()
+            }),
+            ("log_group.exists", |o| o.log_group = None),
+            ("log_group.retention", |o| {
+                o.log_group.as_mut().unwrap().retention_days = Some(7)
+            }),
+            ("log_group.retention", |o| {
+                o.log_group.as_mut().unwrap().retention_days = None
+            }),
+            ("log_group.owned", |o| {
+                o.log_group.as_mut().unwrap().owned = false
             }),
         ];
         for (id, brk) in cases {

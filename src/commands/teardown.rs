@@ -182,6 +182,7 @@ mod tests {
                 state_reason: String::new(),
                 last_update_status: "Successful".into(),
                 owned,
+                logging: crate::resources::log_group::Logging::from_config(None, &d.names),
             }),
             authorizer: Some(a::Observed {
                 arn: d.authorizer_arn(),
@@ -192,6 +193,11 @@ mod tests {
             }),
             permission: Some(crate::resources::permission::Observed::default()),
             default_authorizer: Some("d".into()),
+            log_group: Some(crate::resources::log_group::Observed {
+                arn: String::new(),
+                retention_days: None,
+                owned,
+            }),
         }
     }
 
@@ -210,7 +216,8 @@ mod tests {
                 ("authorizer", Action::Deleted),
                 ("permission", Action::Deleted),
                 ("function", Action::Deleted),
-                ("role", Action::Deleted)
+                ("role", Action::Deleted),
+                ("log-group", Action::Deleted)
             ]
         );
         assert!(skipped.is_empty());
@@ -221,7 +228,7 @@ mod tests {
         let names = Names::new("d").unwrap();
         let (steps, skipped) = plan(&names, &everything(false));
         assert!(steps.is_empty());
-        assert_eq!(skipped.len(), 3);
+        assert_eq!(skipped.len(), 4);
         assert!(skipped.iter().all(|o| o.action == Action::Skipped));
     }
 

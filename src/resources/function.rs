@@ -21,7 +21,7 @@ use crate::names::{Names, OWNER_TAG, owned_by};
 use crate::resources::check::{SETUP, check, fail, ok};
 use crate::resources::{
     Action, Check, Desired, NOT_OURS_HINT, Observed as All, Outcome, Planned as _, Reading,
-    Removal, Resource, SetupOptions, Step, not_ours,
+    Removal, Resource, SetupOptions, Step, log_group, not_ours,
 };
 
 /// How long `setup` keeps retrying CreateFunction while IAM propagates a new role. AWS gives no
@@ -63,6 +63,7 @@ pub struct Observed {
     pub state_reason: String,
     pub last_update_status: String,
     pub owned: bool,
+    pub logging: log_group::Logging,
 }
 
 impl Observed {
@@ -151,6 +152,7 @@ pub async fn read(lambda: &Client, names: &Names) -> Result<Option<Observed>> {
             .map(|s| s.as_str().to_string())
             .unwrap_or_default(),
         owned,
+        logging: log_group::Logging::from_config(c.logging_config(), names),
     }))
 }
 
@@ -241,6 +243,9 @@ pub fn plan(desired: &Desired, observed: Option<&Observed>) -> Plan {
     if o.role != desired.role_arn() {
         config.push("role");
     }
+    if !o.logging.is_desired(&desired.names) {
+        config.push("logging");
+    }
     Plan {
         create: false,
         recreate: None,
@@ -283,6 +288,7 @@ pub async fn apply(app: &App, lambda: &Client, desired: &Desired, plan: &Plan) -
             .timeout(desired.timeout_seconds)
             .memory_size(desired.memory_mb)
             .role(desired.role_arn())
+            .logging_config(log_group::logging_config(&desired.names))
             .send()
             .await
             .aws("lambda:UpdateFunctionConfiguration")?;
@@ -326,6 +332,7 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                     .build(),
             )
             .tags(OWNER_TAG, &desired.names.deployment)
+            .logging_config(log_group::logging_config(&desired.names))
             .send()
             .await;
         match result {
@@ -348,7 +355,7 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                         "IAM is slow to propagate new roles; run `setup` again in a minute (it resumes where it stopped)"
                     ));
                 }
-                app.progress(format!(
+                let _wait = app.wait(format!(
                     "  waiting for IAM to propagate role {} to Lambda ({}s so far, up to {}s)",
                     desired.names.role,
                     waited.as_secs(),
@@ -367,7 +374,7 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
 }
 
 async fn wait_active(app: &App, lambda: &Client, name: &str) -> Result<()> {
-    app.progress(format!(
+    let _wait = app.wait(format!(
         "  waiting for function {name} to become Active (up to {}s)",
         READY_BUDGET.as_secs()
     ));
@@ -380,7 +387,7 @@ async fn wait_active(app: &App, lambda: &Client, name: &str) -> Result<()> {
 }
 
 async fn wait_updated(app: &App, lambda: &Client, name: &str) -> Result<()> {
-    app.progress(format!(
+    let _wait = app.wait(format!(
         "  waiting for function {name} to finish updating (up to {}s)",
         READY_BUDGET.as_secs()
     ));
@@ -553,7 +560,8 @@ impl Resource for Function {
     }
 
     fn after(&self) -> &'static [&'static str] {
-        &["role"]
+        // The log group first, so that Lambda never creates it without a retention.
+        &["role", "log-group"]
     }
 
     fn read<'a>(
@@ -635,6 +643,19 @@ impl Resource for Function {
                 "differs from what setup would deploy from the current config (devices added or removed, or code changed by hand)",
                 SETUP,
             ),
+            // `logs` filters on JSON fields, which Lambda's default Text lines never have.
+            check(
+                "function.logging",
+                f.logging.is_desired(&desired.names),
+                format!("JSON lines into {}", f.logging.group),
+                format!(
+                    "logs {} lines into {} (setup deploys JSON into {}; `logs` cannot filter Text lines)",
+                    f.logging.format,
+                    f.logging.group,
+                    log_group::name(&desired.names)
+                ),
+                SETUP,
+            ),
         ]
     }
 
@@ -709,6 +730,10 @@ mod tests {
             state_reason: String::new(),
             last_update_status: "Successful".into(),
             owned: true,
+            logging: log_group::Logging::from_config(
+                Some(&log_group::logging_config(&d.names)),
+                &d.names,
+            ),
         }
     }
 

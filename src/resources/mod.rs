@@ -20,6 +20,7 @@ pub mod check;
 pub mod default_authorizer;
 pub mod endpoint;
 pub mod function;
+pub mod log_group;
 pub mod permission;
 pub mod role;
 
@@ -39,6 +40,7 @@ pub use check::Check;
 /// order them for the commands. Add a new resource here (see the module comment).
 pub static RESOURCES: &[&dyn Resource] = &[
     &role::RESOURCE,
+    &log_group::RESOURCE,
     &function::RESOURCE,
     &authorizer::RESOURCE,
     &permission::RESOURCE,
@@ -167,6 +169,7 @@ pub struct Desired {
     pub memory_mb: i32,
     pub timeout_seconds: i32,
     pub default_authorizer: bool,
+    pub log_retention_days: i32,
 }
 
 impl Desired {
@@ -191,6 +194,7 @@ impl Desired {
             memory_mb: config.deployment.memory_mb,
             timeout_seconds: config.deployment.timeout_seconds,
             default_authorizer,
+            log_retention_days: config.deployment.log_retention_days,
         })
     }
 
@@ -222,6 +226,7 @@ pub struct Observed {
     pub authorizer: Option<authorizer::Observed>,
     pub permission: Option<permission::Observed>,
     pub default_authorizer: Option<String>,
+    pub log_group: Option<log_group::Observed>,
 }
 
 impl Observed {
@@ -230,6 +235,7 @@ impl Observed {
             && self.function.is_none()
             && self.authorizer.is_none()
             && self.permission.is_none()
+            && !self.log_group.as_ref().is_some_and(|g| g.owned)
     }
 }
 
@@ -362,6 +368,7 @@ pub mod tests {
             kinds,
             [
                 "role",
+                "log-group",
                 "function",
                 "authorizer",
                 "permission",
@@ -385,7 +392,8 @@ pub mod tests {
                 "authorizer",
                 "permission",
                 "function",
-                "role"
+                "role",
+                "log-group"
             ]
         );
         let mut kinds: Vec<_> = RESOURCES.iter().map(|r| r.kind()).collect();
@@ -410,6 +418,7 @@ pub mod tests {
             memory_mb: 128,
             timeout_seconds: 5,
             default_authorizer: true,
+            log_retention_days: 30,
         }
     }
 }
