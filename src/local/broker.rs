@@ -9,41 +9,27 @@
 //! `connect` uses) and only the small routing below is ours.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::TlsAcceptor;
 
 use super::Console;
 use super::lambda::Lambda;
-use super::session;
 
 /// Messages queued for a subscriber before publishers to it have to wait.
 const QUEUE: usize = 1024;
 
 /// What every connection shares.
 pub struct Gateway {
-    pub tls: TlsAcceptor,
+    pub tls: super::listener::Tls,
     pub lambda: Lambda,
     /// `arn:aws:iot:<region>:<account>`, the prefix of the resources policies are checked on.
     pub arn_prefix: String,
     pub console: Console,
     pub registry: Registry,
-}
-
-/// Accepts connections until the listener fails; each connection runs on its own task.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> Result<()> {
-    loop {
-        let (tcp, peer): (_, SocketAddr) = listener.accept().await?;
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(session::run(gateway.clone(), tcp, peer));
-    }
 }
 
 /// A message on its way to one subscriber.
