@@ -150,7 +150,8 @@ pub enum Stop {
 /// A connection in either version.
 pub enum Connection {
     V311(V311),
-    V5(v5::Connection),
+    /// Boxed: its TLS stream is inline, rumqttc's is behind a channel.
+    V5(Box<v5::Connection>),
 }
 
 impl Connection {
@@ -164,7 +165,9 @@ impl Connection {
     ) -> Result<Self, Stop> {
         Ok(match version {
             Version::V311 => Self::V311(V311::open(target, login, tls, timeout).await?),
-            Version::V5 => Self::V5(v5::Connection::open(target, login, tls, timeout).await?),
+            Version::V5 => Self::V5(Box::new(
+                v5::Connection::open(target, login, tls, timeout).await?,
+            )),
         })
     }
 
@@ -188,7 +191,7 @@ impl Connection {
     pub async fn close(self) {
         match self {
             Self::V311(c) => c.close().await,
-            Self::V5(c) => c.close().await,
+            Self::V5(c) => (*c).close().await,
         }
     }
 }
