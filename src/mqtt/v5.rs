@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use rumqttc::tokio_rustls::client::TlsStream;
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Login as Credentials, Packet, PingReq, PubAck, PubAckReason, Publish,
+    Login as Credentials, Packet, PingReq, PubAck, PubAckReason, Publish, check,
 };
 use rumqttc::v5::mqttbytes::{self, QoS};
 use rustls::ClientConfig;
@@ -172,17 +172,23 @@ impl Connection {
     /// The next packet, or `None` when `until` passes first. Cancel-safe: what was read stays
     /// in the buffer.
     async fn next(&mut self, until: Instant) -> Result<Option<Packet>, Stop> {
+        let max = u32::try_from(MAX_PACKET).ok();
         loop {
-            match Packet::read(&mut self.incoming, u32::try_from(MAX_PACKET).ok()) {
-                Ok(packet) => return Ok(Some(packet)),
-                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
-                // An MQTT 3.1.1 broker answers an MQTT 5 CONNECT with its own CONNACK, return
-                // code 1, which MQTT 5 does not define.
-                Err(mqttbytes::Error::InvalidConnectReturnCode(1)) => {
-                    return Err(Stop::Refused(Refusal::v311(
-                        rumqttc::ConnectReturnCode::RefusedProtocolVersion,
-                    )));
+            // An MQTT 3.1.1 broker answers an MQTT 5 CONNECT with its own CONNACK: no
+            // properties, return code 1 (MQTT 3.1.1 §3.1.2.2), which MQTT 5 does not define.
+            if self.incoming.starts_with(&[0x20, 0x02]) && self.incoming.get(3) == Some(&1) {
+                return Err(Stop::Refused(Refusal::v311(
+                    rumqttc::ConnectReturnCode::RefusedProtocolVersion,
+                )));
+            }
+            match check(self.incoming.iter(), max) {
+                // Read only a whole frame: the codec consumes it even when it cannot parse it.
+                Ok(_) => {
+                    return Packet::read(&mut self.incoming, max)
+                        .map(Some)
+                        .map_err(|e| Stop::NotMqtt(e.to_string()));
                 }
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
                 Err(e) => return Err(Stop::NotMqtt(e.to_string())),
             }
             match timeout_at(until, self.stream.read_buf(&mut self.incoming)).await {
