@@ -100,13 +100,7 @@ impl Gateway {
             .arg(format!("localhost:{}", self.address.port()))
             .arg("--ca-file")
             .arg(&self.ca_file)
-            .args([
-                "--username",
-                username,
-                "--password-stdin",
-                "--interval",
-                "0",
-            ])
+            .args(["--username", username, "--password-stdin"])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -267,7 +261,7 @@ fn the_pending_cap_turns_away_idle_connections_but_not_logged_in_ones() {
     });
     // A device that logged in keeps its connection while idle clients take every slot for
     // connections not yet logged in.
-    let mut device = gw.spawn_connect(
+    let device = gw.spawn_connect(
         "sensor1",
         &gw.password,
         &["--count", "3", "--interval", "1"],
@@ -296,8 +290,11 @@ fn the_pending_cap_turns_away_idle_connections_but_not_logged_in_ones() {
         Some(0),
         "the third idle connection is closed at once"
     );
-    let status = device.wait().unwrap();
-    assert!(status.success(), "the logged-in device was not disturbed");
+    let (summary, _) = summary(device.wait_with_output().unwrap());
+    assert_eq!(
+        summary["outcome"], "accepted",
+        "the logged-in device was not disturbed: {summary}"
+    );
     drop(idle);
     assert!(gw.log().contains("--max-pending 2"), "{}", gw.log());
 }
