@@ -7,11 +7,14 @@
 //! - `response`: the authorizer response contract.
 //! - `iot_policy`: policy evaluation (pure, table-tested).
 //! - `broker` / `session`: the listener, routing, and one connection's life.
+//! - `codec` / `limits`: MQTT 3.1.1 and 5 on the wire, and IoT's protocol limits.
 
 mod broker;
 mod certs;
+mod codec;
 mod iot_policy;
 mod lambda;
+mod limits;
 mod response;
 mod session;
 
@@ -56,6 +59,11 @@ pub struct LocalArgs {
         default_value = "node"
     )]
     pub node: PathBuf,
+    /// Serve the authorizer only to usernames that name it (`?x-amz-customauthorizer-name=`),
+    /// as IoT does when it is not the account's default [default: the config's
+    /// `deployment.default_authorizer`].
+    #[arg(long)]
+    pub no_default: bool,
 }
 
 /// Where progress and the authorizer's logs go: stderr, unless -q.
@@ -78,6 +86,10 @@ struct Listening {
     address: SocketAddr,
     ca_file: PathBuf,
     authorizer: String,
+    /// The name a username may ask for with `?x-amz-customauthorizer-name=`.
+    authorizer_name: String,
+    /// Whether a username that names no authorizer gets this one.
+    default_authorizer: bool,
     arn_prefix: String,
 }
 
@@ -90,6 +102,16 @@ impl fmt::Display for Listening {
         )?;
         writeln!(f, "  CA file:    {}", self.ca_file.display())?;
         writeln!(f, "  authorizer: {}", self.authorizer)?;
+        writeln!(
+            f,
+            "  name:       {} ({})",
+            self.authorizer_name,
+            if self.default_authorizer {
+                "also the default: a username need not name it"
+            } else {
+                "not the default: usernames must end in ?x-amz-customauthorizer-name=<name>"
+            }
+        )?;
         writeln!(f, "  ARNs:       {}:…", self.arn_prefix)?;
         writeln!(f, "Connect a device from another terminal:")?;
         writeln!(
@@ -133,6 +155,8 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
     let lambda = lambda::Lambda::start(spec, console)
         .await
         .map_err(|e| node_failure(e, &args.node))?;
+    let authorizer_name = app.names(&config)?.authorizer;
+    let default_authorizer = config.deployment.default_authorizer && !args.no_default;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| listen_failure(e, args.listen))?;
@@ -142,6 +166,8 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
         arn_prefix: arn_prefix.clone(),
         console,
         registry: broker::Registry::default(),
+        authorizer: authorizer_name.clone(),
+        default_authorizer,
     });
     let authorizer = match args.code.as_ref().or(config.deployment.code.as_ref()) {
         Some(code) => format!("{} ({})", code.display(), package.handler),
@@ -154,6 +180,8 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
         address: listener.local_addr()?,
         ca_file,
         authorizer,
+        authorizer_name,
+        default_authorizer,
         arn_prefix,
     });
     tokio::select! {
