@@ -52,7 +52,8 @@ client.on("connect", (connack) => {
     return;
   }
   client.subscribe(args.subscribe, { qos: 1 }, (err, granted) => {
-    result.granted = err ? String(err) : granted.map((g) => g.qos);
+    // MQTT.js reports a refused MQTT 5 filter as an error holding the SUBACK.
+    result.granted = err ? (err.packet?.granted ?? String(err)) : granted.map((g) => g.qos);
     publish();
   });
 });

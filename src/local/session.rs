@@ -99,6 +99,7 @@ async fn serve(gateway: &Gateway, tcp: TcpStream) -> Result<()> {
     };
     let Some((session, grant)) = login(gateway, *connect, server_name, encoder, &mut write).await?
     else {
+        let _ = write.shutdown().await;
         return Ok(());
     };
     session.run(grant, reader, decoder, write).await
