@@ -559,3 +559,27 @@ fn the_mosquitto_hint_keeps_the_password_out_of_argv_and_works() {
     );
     assert!(gw.alive());
 }
+
+#[test]
+fn connect_over_mqtt5_against_local_shows_its_reason_codes() {
+    let gw = Gateway::start(Start::default());
+    let v5 = ["--mqtt-version", "5", "--interval", "0"];
+    let (accepted, _) = gw.sensor(&v5);
+    assert_eq!(accepted["outcome"], "accepted", "{accepted}");
+    assert_eq!(accepted["mqtt_version"], "5");
+
+    let (wrong, _) = gw.connect("sensor1", "wrong-password", &v5);
+    assert_eq!(wrong["outcome"], "connect_refused", "{wrong}");
+    assert_eq!(wrong["reason_code"], 0x86, "{wrong}");
+
+    let mut outside = v5.to_vec();
+    outside.extend(["--topic", "other/topic"]);
+    let (refused, _) = gw.sensor(&outside);
+    assert_eq!(refused["outcome"], "publish_refused", "{refused}");
+    assert_eq!(refused["reason_code"], 0x87, "{refused}");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("(PUBACK reason code 0x87 (Not authorized)"),
+        "{reason}"
+    );
+}

@@ -8,11 +8,14 @@
 //! - `iot_policy`: policy evaluation (pure, table-tested).
 //! - `listener`: the accept loop, its connection caps and the ALPN check.
 //! - `broker` / `session`: routing, and one connection's life.
+//! - `codec` / `limits`: MQTT 3.1.1 and 5 on the wire, and IoT's protocol limits.
 
 mod broker;
 mod certs;
+mod codec;
 mod iot_policy;
 mod lambda;
+mod limits;
 mod listener;
 mod response;
 mod session;
@@ -75,6 +78,11 @@ pub struct LocalArgs {
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pending: u32,
+    /// Serve the authorizer only to usernames that name it (`?x-amz-customauthorizer-name=`),
+    /// as IoT does when it is not the account's default [default: the config's
+    /// `deployment.default_authorizer`].
+    #[arg(long)]
+    pub no_default: bool,
 }
 
 /// Where progress and the authorizer's logs go: stderr, unless -q.
@@ -125,6 +133,10 @@ struct Listening {
     address: SocketAddr,
     ca_file: PathBuf,
     authorizer: String,
+    /// The name a username may ask for with `?x-amz-customauthorizer-name=`.
+    authorizer_name: String,
+    /// Whether a username that names no authorizer gets this one.
+    default_authorizer: bool,
     arn_prefix: String,
 }
 
@@ -137,6 +149,16 @@ impl fmt::Display for Listening {
         )?;
         writeln!(f, "  CA file:    {}", self.ca_file.display())?;
         writeln!(f, "  authorizer: {}", self.authorizer)?;
+        writeln!(
+            f,
+            "  name:       {} ({})",
+            self.authorizer_name,
+            if self.default_authorizer {
+                "also the default: a username need not name it"
+            } else {
+                "not the default: usernames must end in ?x-amz-customauthorizer-name=<name>"
+            }
+        )?;
         writeln!(f, "  ARNs:       {}:…", self.arn_prefix)?;
         // Hints never put a password in argv, where `ps` shows it to every user: `connect`
         // reads it from the variable, and mosquitto_pub from an options file in a private
@@ -215,6 +237,8 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
     let lambda = lambda::Lambda::start(spec, console)
         .await
         .map_err(|e| node_failure(e, &args.node))?;
+    let authorizer_name = app.names(&config)?.authorizer;
+    let default_authorizer = config.deployment.default_authorizer && !args.no_default;
     let socket = TcpListener::bind(args.listen)
         .await
         .map_err(|e| listen_failure(e, args.listen))?;
@@ -224,6 +248,8 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
         arn_prefix: arn_prefix.clone(),
         console,
         registry: broker::Registry::default(),
+        authorizer: authorizer_name.clone(),
+        default_authorizer,
     });
     let authorizer = match args.code.as_ref().or(config.deployment.code.as_ref()) {
         Some(code) => format!("{} ({})", code.display(), package.handler),
@@ -236,6 +262,8 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
         address: socket.local_addr()?,
         ca_file,
         authorizer,
+        authorizer_name,
+        default_authorizer,
         arn_prefix,
     });
     tokio::select! {
