@@ -1,6 +1,10 @@
-//! One MQTT 3.1.1 connection driven step by step (CONNECT, PUBLISH at QoS 1, DISCONNECT) on top of
-//! rumqttc, with every wait bounded and every way it can end sorted into a [`Stop`].
+//! One MQTT connection driven step by step (CONNECT, PUBLISH at QoS 1, DISCONNECT), over MQTT
+//! 3.1.1 (rumqttc's client) or MQTT 5 ([`v5`]), with every wait bounded and every way it can end
+//! sorted into a [`Stop`] that reads the same whichever version was spoken.
 
+mod v5;
+
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +14,7 @@ use rumqttc::{
     Packet, QoS, StateError, TlsConfiguration, Transport,
 };
 use rustls::ClientConfig;
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
@@ -23,11 +28,31 @@ pub const MAX_PAYLOAD: usize = 128 * 1024;
 /// Room for the payload plus topic and headers.
 const MAX_PACKET: usize = MAX_PAYLOAD + 64 * 1024;
 
-/// AWS IoT's shortest keep-alive; rumqttc pings on its own while we wait between messages.
+/// AWS IoT's shortest keep-alive; the client pings on its own while we wait between messages.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// How long a clean DISCONNECT may take before we just drop the connection.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// The MQTT protocol version spoken. AWS IoT Core speaks both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Version {
+    #[value(name = "3.1.1")]
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[value(name = "5")]
+    #[serde(rename = "5")]
+    V5,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V311 => "MQTT 3.1.1",
+            Self::V5 => "MQTT 5",
+        })
+    }
+}
 
 /// Who logs in, as the broker sees it. No `Debug`: it holds the password.
 #[derive(Clone)]
@@ -38,13 +63,82 @@ pub struct Login {
     pub password: String,
 }
 
+/// What a refusal means, whichever version carried it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meaning {
+    NotAuthorized,
+    BadCredentials,
+    BadClientId,
+    /// The broker could not decide (on AWS IoT: the authorizer failed).
+    Unavailable,
+    /// The broker does not speak this MQTT version.
+    Version,
+    Other,
+}
+
+/// A refusal as the broker sent it: its reason code, the code's name, and under MQTT 5 the
+/// reason string the broker may add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub version: Version,
+    pub code: u8,
+    /// The specification's name for the code, e.g. "Not authorized".
+    pub name: &'static str,
+    pub meaning: Meaning,
+    pub reason_string: Option<String>,
+}
+
+impl Refusal {
+    /// An MQTT 3.1.1 CONNACK return code.
+    pub fn v311(code: ConnectReturnCode) -> Self {
+        let (code, name, meaning) = match code {
+            ConnectReturnCode::Success => (0, "Connection accepted", Meaning::Other),
+            ConnectReturnCode::RefusedProtocolVersion => {
+                (1, "Unacceptable protocol version", Meaning::Version)
+            }
+            ConnectReturnCode::BadClientId => (2, "Identifier rejected", Meaning::BadClientId),
+            ConnectReturnCode::ServiceUnavailable => {
+                (3, "Server unavailable", Meaning::Unavailable)
+            }
+            ConnectReturnCode::BadUserNamePassword => {
+                (4, "Bad user name or password", Meaning::BadCredentials)
+            }
+            ConnectReturnCode::NotAuthorized => (5, "Not authorized", Meaning::NotAuthorized),
+        };
+        Self {
+            version: Version::V311,
+            code,
+            name,
+            meaning,
+            reason_string: None,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    /// `return code 5 (Not authorized)`, or `reason code 0x87 (Not authorized), reason string "…"`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.version {
+            Version::V311 => write!(f, "return code {} ({})", self.code, self.name)?,
+            Version::V5 => write!(f, "reason code 0x{:02X} ({})", self.code, self.name)?,
+        }
+        if let Some(reason) = &self.reason_string {
+            // The broker's words: shown, but never able to drive the terminal.
+            write!(f, ", reason string \"{}\"", reason.escape_debug())?;
+        }
+        Ok(())
+    }
+}
+
 /// Why a step did not complete.
 #[derive(Debug)]
 pub enum Stop {
     /// The broker answered CONNECT with a refusal.
-    Refused(ConnectReturnCode),
-    /// The broker closed the connection.
-    Closed,
+    Refused(Refusal),
+    /// The broker answered a PUBLISH with a failure reason code (MQTT 5 only).
+    PublishRefused(Refusal),
+    /// The broker closed the connection; under MQTT 5 it may say why first (DISCONNECT).
+    Closed(Option<Refusal>),
     /// No answer within the timeout.
     TimedOut,
     /// The peer answered with something that is not MQTT.
@@ -53,16 +147,65 @@ pub enum Stop {
     Unreachable(Failure),
 }
 
-pub struct Connection {
+/// A connection in either version.
+pub enum Connection {
+    V311(V311),
+    /// Boxed: its TLS stream is inline, rumqttc's is behind a channel.
+    V5(Box<v5::Connection>),
+}
+
+impl Connection {
+    /// Connects and waits for a successful CONNACK.
+    pub async fn open(
+        version: Version,
+        target: &Target,
+        login: &Login,
+        tls: Arc<ClientConfig>,
+        timeout: Duration,
+    ) -> Result<Self, Stop> {
+        Ok(match version {
+            Version::V311 => Self::V311(V311::open(target, login, tls, timeout).await?),
+            Version::V5 => Self::V5(Box::new(
+                v5::Connection::open(target, login, tls, timeout).await?,
+            )),
+        })
+    }
+
+    /// Publishes at QoS 1 and waits for the PUBACK.
+    pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), Stop> {
+        match self {
+            Self::V311(c) => c.publish(topic, payload).await,
+            Self::V5(c) => c.publish(topic, payload).await,
+        }
+    }
+
+    /// Keeps the connection serviced (pings) for `pause`; fails if the broker hangs up meanwhile.
+    pub async fn idle(&mut self, pause: Duration) -> Result<(), Stop> {
+        match self {
+            Self::V311(c) => c.idle(pause).await,
+            Self::V5(c) => c.idle(pause).await,
+        }
+    }
+
+    /// Sends DISCONNECT. Best effort: every message was acknowledged already.
+    pub async fn close(self) {
+        match self {
+            Self::V311(c) => c.close().await,
+            Self::V5(c) => (*c).close().await,
+        }
+    }
+}
+
+/// MQTT 3.1.1, on rumqttc's client.
+pub struct V311 {
     client: AsyncClient,
     events: mpsc::Receiver<Result<Event, Stop>>,
     poller: JoinHandle<()>,
     timeout: Duration,
 }
 
-impl Connection {
-    /// Connects and waits for a successful CONNACK.
-    pub async fn open(
+impl V311 {
+    async fn open(
         target: &Target,
         login: &Login,
         tls: Arc<ClientConfig>,
@@ -100,12 +243,11 @@ impl Connection {
         Ok(connection)
     }
 
-    /// Publishes at QoS 1 and waits for the PUBACK.
-    pub async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), Stop> {
+    async fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), Stop> {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
-            .map_err(|_| Stop::Closed)?;
+            .map_err(|_| Stop::Closed(None))?;
         // One message in flight at a time, so the next PUBACK is this message's.
         let acked = self
             .wait_until(Instant::now() + self.timeout, |e| {
@@ -115,15 +257,13 @@ impl Connection {
         if acked { Ok(()) } else { Err(Stop::TimedOut) }
     }
 
-    /// Keeps the connection serviced (pings) for `pause`; fails if the broker hangs up meanwhile.
-    pub async fn idle(&mut self, pause: Duration) -> Result<(), Stop> {
+    async fn idle(&mut self, pause: Duration) -> Result<(), Stop> {
         self.wait_until(Instant::now() + pause, |_| false)
             .await
             .map(drop)
     }
 
-    /// Sends DISCONNECT. Best effort: every message was acknowledged already.
-    pub async fn close(mut self) {
+    async fn close(mut self) {
         if self.client.disconnect().await.is_ok() {
             let _ = self
                 .wait_until(Instant::now() + DISCONNECT_WAIT, |e| {
@@ -145,13 +285,13 @@ impl Connection {
                 Ok(Some(Ok(event))) if done(&event) => return Ok(true),
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(stop))) => return Err(stop),
-                Ok(None) => return Err(Stop::Closed),
+                Ok(None) => return Err(Stop::Closed(None)),
             }
         }
     }
 }
 
-impl Drop for Connection {
+impl Drop for V311 {
     fn drop(&mut self) {
         self.poller.abort();
     }
@@ -172,7 +312,7 @@ async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, Stop>>, t
 /// Sorts rumqttc's errors by what they mean for the check.
 fn classify(err: &ConnectionError, target: &Target) -> Stop {
     match err {
-        ConnectionError::ConnectionRefused(code) => Stop::Refused(*code),
+        ConnectionError::ConnectionRefused(code) => Stop::Refused(Refusal::v311(*code)),
         ConnectionError::NetworkTimeout
         | ConnectionError::FlushTimeout
         | ConnectionError::MqttState(StateError::AwaitPingResp) => Stop::TimedOut,
@@ -187,7 +327,7 @@ fn classify(err: &ConnectionError, target: &Target) -> Stop {
         | ConnectionError::MqttState(
             StateError::Io(e) | StateError::Deserialization(rumqttc::Error::Io(e)),
         ) => io_stop(e, target),
-        ConnectionError::MqttState(StateError::ConnectionAborted) => Stop::Closed,
+        ConnectionError::MqttState(StateError::ConnectionAborted) => Stop::Closed(None),
         ConnectionError::MqttState(StateError::Deserialization(e)) => Stop::NotMqtt(e.to_string()),
         ConnectionError::NotConnAck(packet) => {
             Stop::NotMqtt(format!("{packet:?} instead of CONNACK"))
@@ -196,10 +336,10 @@ fn classify(err: &ConnectionError, target: &Target) -> Stop {
     }
 }
 
-fn io_stop(err: &io::Error, target: &Target) -> Stop {
+pub(crate) fn io_stop(err: &io::Error, target: &Target) -> Stop {
     use io::ErrorKind::*;
     match err.kind() {
-        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => Stop::Closed,
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => Stop::Closed(None),
         _ => Stop::Unreachable(tls::explain_connect(err, target)),
     }
 }
@@ -215,18 +355,19 @@ mod tests {
     #[test]
     fn classifies_refusals_and_hangups() {
         let refused = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
-        assert!(matches!(
-            classify(&refused, &target()),
-            Stop::Refused(ConnectReturnCode::NotAuthorized)
-        ));
+        let Stop::Refused(refusal) = classify(&refused, &target()) else {
+            panic!("not a refusal");
+        };
+        assert_eq!(refusal.meaning, Meaning::NotAuthorized);
+        assert_eq!(refusal.to_string(), "return code 5 (Not authorized)");
         let aborted = ConnectionError::MqttState(StateError::ConnectionAborted);
-        assert!(matches!(classify(&aborted, &target()), Stop::Closed));
+        assert!(matches!(classify(&aborted, &target()), Stop::Closed(None)));
         let reset = ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(
             io::Error::from(io::ErrorKind::ConnectionReset),
         )));
-        assert!(matches!(classify(&reset, &target()), Stop::Closed));
+        assert!(matches!(classify(&reset, &target()), Stop::Closed(None)));
         let pipe = ConnectionError::Io(io::Error::from(io::ErrorKind::BrokenPipe));
-        assert!(matches!(classify(&pipe, &target()), Stop::Closed));
+        assert!(matches!(classify(&pipe, &target()), Stop::Closed(None)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use rumqttc::tokio_rustls::TlsConnector;
+use rumqttc::tokio_rustls::client::TlsStream;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, CertificateError, ClientConfig, ProtocolVersion, RootCertStore};
@@ -138,12 +139,7 @@ pub struct Handshake {
 /// its TLS session, so this is the only place to see which ALPN protocol the server selected and
 /// to tell network, trust and ALPN failures apart.
 pub async fn handshake(target: &Target, config: Arc<ClientConfig>) -> Result<Handshake, Failure> {
-    let name = target.server_name()?;
-    let tcp = tcp_connect(target).await?;
-    let mut tls = TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| explain_handshake(&e, target))?;
+    let mut tls = connect(target, config).await?;
     let (_, session) = tls.get_ref();
     let handshake = Handshake {
         version: version_name(session.protocol_version()),
@@ -154,6 +150,19 @@ pub async fn handshake(target: &Target, config: Arc<ClientConfig>) -> Result<Han
     // Only the handshake was wanted; a failed close_notify changes nothing.
     let _ = tls.shutdown().await;
     Ok(handshake)
+}
+
+/// A TLS connection to `target`, every failure explained.
+pub async fn connect(
+    target: &Target,
+    config: Arc<ClientConfig>,
+) -> Result<TlsStream<TcpStream>, Failure> {
+    let name = target.server_name()?;
+    let tcp = tcp_connect(target).await?;
+    TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| explain_handshake(&e, target))
 }
 
 fn version_name(version: Option<ProtocolVersion>) -> String {

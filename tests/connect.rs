@@ -445,3 +445,304 @@ async fn refused_alpn_is_explained() {
     );
     assert!(seen.lock().unwrap().logins.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt5_login_publishes_to_a_real_mqtt5_broker() {
+    let broker = broker();
+    let (_client, mut events) = subscriber(&broker).await;
+    let args = format!(
+        "--username sensor-1 --host {} --ca-file {} --count 2 --interval 0.05 --mqtt-version 5 \
+         --output json",
+        broker.host(),
+        broker.ca_file.display()
+    );
+    let out = connect("right-pw", &args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        broker.log()
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["outcome"], "accepted");
+    assert_eq!(summary["mqtt_version"], "5");
+    assert_eq!(summary["acknowledged"], 2);
+    assert!(text(&out.stderr).contains("MQTT 5 CONNECT as `sensor-1`"));
+    // mosquitto logs the protocol each client spoke.
+    assert!(
+        broker.log().contains("(p5, c1, k30, u'sensor-1')"),
+        "{}",
+        broker.log()
+    );
+    let mut received = 0;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while received < 2 {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                assert_eq!(p.topic, "telemetry/sensor-1");
+                received += 1;
+            }
+        }
+    })
+    .await
+    .expect("the subscriber got both messages");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt5_wrong_password_shows_the_reason_code() {
+    let broker = broker();
+    let args = format!(
+        "--username sensor-1 --host {} --ca-file {} --mqtt-version 5",
+        broker.host(),
+        broker.ca_file.display()
+    );
+    let out = connect("wrong-pw", &args).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    // mosquitto 2.0 answers an MQTT 5 client's bad password with 0x87, no reason string.
+    assert!(
+        stdout.starts_with(
+            "failed: connection refused: not authorized: the authorizer denied this username, \
+             password or client ID (CONNACK reason code 0x87 (Not authorized))"
+        ),
+        "{stdout}"
+    );
+    let out = connect("wrong-pw", &format!("{args} --output json --expect-deny")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["outcome"], "connect_refused");
+    assert_eq!(summary["reason_code"], 0x87);
+    assert_eq!(summary["mqtt_version"], "5");
+}
+
+/// How the MQTT 5 test broker answers.
+#[derive(Clone, Copy)]
+enum Broker5 {
+    /// CONNACK 0x87 with a reason string.
+    RefuseLogin,
+    /// Accepts the login, answers every PUBLISH with PUBACK 0x87 and a reason string.
+    RefusePublish,
+    /// Accepts the login, then says DISCONNECT 0x8E (another client took the ID) after the
+    /// first PUBACK.
+    TakeOver,
+}
+
+/// A TLS listener with ALPN `mqtt` that plays an MQTT 5 broker per `behaviour`, with rumqttc's
+/// v5 codec. Returns its port and CA file.
+async fn mqtt5_broker(behaviour: Broker5) -> (u16, tempfile::NamedTempFile) {
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnectReturnCode, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet,
+        PubAck, PubAckProperties, PubAckReason,
+    };
+    let pki = Pki::new();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pki.cert_der.clone().into()],
+            PrivateKeyDer::Pkcs8(pki.key_der.clone().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"mqtt".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                loop {
+                    let packet = match Packet::read(&mut buf, None) {
+                        Ok(packet) => packet,
+                        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                            match tls.read_buf(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => continue,
+                            }
+                        }
+                        Err(e) => panic!("bad MQTT 5 packet from the client: {e}"),
+                    };
+                    let mut replies = Vec::new();
+                    match (packet, behaviour) {
+                        (Packet::Connect(..), Broker5::RefuseLogin) => {
+                            let properties = connack_properties("authorizer: wrong password");
+                            replies.push(Packet::ConnAck(ConnAck {
+                                session_present: false,
+                                code: ConnectReturnCode::NotAuthorized,
+                                properties: Some(properties),
+                            }));
+                        }
+                        (Packet::Connect(..), _) => replies.push(Packet::ConnAck(ConnAck {
+                            session_present: false,
+                            code: ConnectReturnCode::Success,
+                            properties: None,
+                        })),
+                        (Packet::Publish(publish), Broker5::RefusePublish) => {
+                            replies.push(Packet::PubAck(PubAck {
+                                pkid: publish.pkid,
+                                reason: PubAckReason::NotAuthorized,
+                                properties: Some(PubAckProperties {
+                                    reason_string: Some("no iot:Publish on other/topic".into()),
+                                    user_properties: Vec::new(),
+                                }),
+                            }));
+                        }
+                        (Packet::Publish(publish), _) => {
+                            replies.push(Packet::PubAck(PubAck::new(publish.pkid, None)));
+                            replies.push(Packet::Disconnect(Disconnect {
+                                reason_code: DisconnectReasonCode::SessionTakenOver,
+                                properties: Some(DisconnectProperties {
+                                    session_expiry_interval: None,
+                                    reason_string: Some("another connection took over".into()),
+                                    user_properties: Vec::new(),
+                                    server_reference: None,
+                                }),
+                            }));
+                        }
+                        (Packet::PingReq(_), _) => {
+                            replies.push(Packet::PingResp(rumqttc::v5::mqttbytes::v5::PingResp))
+                        }
+                        _ => return,
+                    }
+                    let mut out = BytesMut::new();
+                    for reply in replies {
+                        reply.write(&mut out, None).unwrap();
+                    }
+                    if tls.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &pki.ca_pem).unwrap();
+    (port, ca)
+}
+
+/// CONNACK properties with only a reason string (rumqttc has no constructor for them).
+fn connack_properties(reason: &str) -> rumqttc::v5::mqttbytes::v5::ConnAckProperties {
+    rumqttc::v5::mqttbytes::v5::ConnAckProperties {
+        session_expiry_interval: None,
+        receive_max: None,
+        max_qos: None,
+        retain_available: None,
+        max_packet_size: None,
+        assigned_client_identifier: None,
+        topic_alias_max: None,
+        reason_string: Some(reason.into()),
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: None,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt5_refusals_show_the_brokers_reason_string() {
+    let cases = [
+        (
+            Broker5::RefuseLogin,
+            "failed: connection refused: not authorized: the authorizer denied this username, \
+             password or client ID (CONNACK reason code 0x87 (Not authorized), reason string \
+             \"authorizer: wrong password\")",
+            0x87,
+        ),
+        (
+            Broker5::RefusePublish,
+            "failed: publish refused: message 1 to `other/topic` was refused (PUBACK reason code \
+             0x87 (Not authorized), reason string \"no iot:Publish on other/topic\"): the policy \
+             does not allow this client to publish to that topic",
+            0x87,
+        ),
+        (
+            Broker5::TakeOver,
+            "failed: the broker closed the connection between messages, after 1 acknowledged \
+             (DISCONNECT reason code 0x8E (Session taken over), reason string \"another \
+             connection took over\"): another client connected with the same client ID, or the \
+             authorizer's disconnectAfterInSeconds elapsed",
+            0x8E,
+        ),
+    ];
+    for (behaviour, headline, code) in cases {
+        let (port, ca) = mqtt5_broker(behaviour).await;
+        let args = format!(
+            "--username sensor-1 --topic other/topic --count 2 --interval 0.2 --mqtt-version 5 \
+             --host localhost:{port} --ca-file {}",
+            ca.path().display()
+        );
+        let out = connect("pw", &args).await;
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+        assert_eq!(stdout.lines().next(), Some(headline), "{stdout}");
+        let out = connect("pw", &format!("{args} --output json")).await;
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["reason_code"], code, "{summary}");
+        assert!(summary["reason_string"].is_string(), "{summary}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt5_to_an_mqtt311_only_broker_says_which_version_to_use() {
+    // What an MQTT 3.1.1 broker answers a CONNECT of an unknown protocol level (MQTT 3.1.1
+    // §3.1.2.2): CONNACK return code 1, then it hangs up.
+    let pki = Pki::new();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![pki.cert_der.clone().into()],
+            PrivateKeyDer::Pkcs8(pki.key_der.clone().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"mqtt".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                // The whole CONNECT (one small record), so closing sends no reset.
+                let mut connect = [0u8; 1024];
+                if let Ok(1..) = tls.read(&mut connect).await {
+                    let _ = tls.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+                    let _ = tls.flush().await;
+                    // Until the client hangs up.
+                    let _ = tls.read(&mut connect).await;
+                }
+            }
+        }
+    });
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &pki.ca_pem).unwrap();
+    let args = format!(
+        "--username sensor-1 --mqtt-version 5 --host localhost:{port} --ca-file {}",
+        ca.path().display()
+    );
+    let out = connect("pw", &args).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with(
+            "failed: the broker does not accept MQTT 5 (CONNACK return code 1 (Unacceptable \
+             protocol version))"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("hint: try --mqtt-version 3.1.1"),
+        "{stdout}"
+    );
+}

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use rumqttc::ConnectReturnCode;
 use serde::Serialize;
 
 use crate::app::App;
 use crate::error::{Failure, exit};
-use crate::mqtt::{self, Connection, Login, Stop};
+use crate::mqtt::{self, Connection, Login, Meaning, Refusal, Stop, Version};
 use crate::resources::endpoint;
 use crate::tls::{self, Handshake, Target};
 
@@ -36,6 +35,7 @@ Exit codes:
 
 Examples:
   iot-custom-auth connect --username sensor-1 --count 3
+  iot-custom-auth connect --username sensor-1 --mqtt-version 5
   echo \"$WRONG\" | iot-custom-auth connect --username sensor-1 --password-stdin --expect-deny
   iot-custom-auth connect --username sensor-1 --topic other/topic --expect-deny")]
 pub struct ConnectArgs {
@@ -89,6 +89,12 @@ pub struct ConnectArgs {
     /// Longest wait for the connection (TCP, TLS, CONNACK) and for each PUBACK.
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
     pub timeout: Duration,
+
+    /// The MQTT version to log in with. AWS IoT Core speaks both; 3.1.1 is what most devices
+    /// and every MQTT library speak. Under 5 a refusal carries a reason code and may carry
+    /// the broker's reason string, both shown.
+    #[arg(long, value_name = "VERSION", value_enum, default_value_t = Version::V311)]
+    pub mqtt_version: Version,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -121,6 +127,7 @@ pub struct ConnectOptions {
     pub authorizer: Option<String>,
     pub expect_deny: bool,
     pub timeout: Duration,
+    pub version: Version,
 }
 
 impl ConnectOptions {
@@ -138,6 +145,7 @@ impl ConnectOptions {
             authorizer: None,
             expect_deny: false,
             timeout: Duration::from_secs(10),
+            version: Version::V311,
         }
     }
 
@@ -215,6 +223,10 @@ impl Outcome {
 /// - `expect_deny`: whether a refusal was the expected outcome.
 /// - `reason`: why it was not accepted, in plain words (absent when accepted).
 /// - `remedy`: what to do about it (absent when there is nothing to do).
+/// - `mqtt_version`: "3.1.1" or "5".
+/// - `reason_code`: the code the broker refused with (CONNACK return code under 3.1.1; CONNACK,
+///   PUBACK or DISCONNECT reason code under 5), absent when it sent none; `reason_string`: the
+///   text an MQTT 5 broker added to it, absent when none.
 /// - `host`, `port`: the broker; `tls_version`: e.g. "TLS 1.3"; `alpn`: the protocol the server
 ///   selected (`mqtt` on AWS IoT), null when it ignored ALPN.
 /// - `username`: exactly as sent (authorizer query included); `client_id`; `topic`.
@@ -231,6 +243,11 @@ pub struct ConnectSummary {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
+    pub mqtt_version: Version,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_string: Option<String>,
     pub host: String,
     pub port: u16,
     pub tls_version: String,
@@ -259,6 +276,9 @@ impl ConnectSummary {
             expect_deny: options.expect_deny,
             reason: None,
             remedy: None,
+            mqtt_version: options.version,
+            reason_code: None,
+            reason_string: None,
             host: target.host.clone(),
             port: target.port,
             tls_version: handshake.version.clone(),
@@ -317,8 +337,8 @@ impl fmt::Display for ConnectSummary {
         let alpn = self.alpn.as_deref().unwrap_or("none selected");
         writeln!(
             f,
-            "  broker     {}:{} ({}, ALPN {alpn})",
-            self.host, self.port, self.tls_version
+            "  broker     {}:{} ({}, ALPN {alpn}, {})",
+            self.host, self.port, self.tls_version, self.mqtt_version
         )?;
         writeln!(f, "  username   {}", self.username)?;
         writeln!(f, "  client ID  {}", self.client_id)?;
@@ -355,6 +375,7 @@ pub async fn run(app: &App, args: ConnectArgs) -> Result<u8> {
         authorizer: args.authorizer,
         expect_deny: args.expect_deny,
         timeout: args.timeout,
+        version: args.mqtt_version,
         ..ConnectOptions::new(args.username, password)
     };
     let summary = check(app, &options).await?;
@@ -432,6 +453,10 @@ pub async fn check(app: &App, options: &ConnectOptions) -> Result<ConnectSummary
         session(app, options, &target, &login, tls, &mut summary, start).await
     {
         let at_login = matches!(stage, Stage::Connect);
+        if let Stop::Refused(r) | Stop::PublishRefused(r) | Stop::Closed(Some(r)) = &stop {
+            summary.reason_code = Some(r.code);
+            summary.reason_string = r.reason_string.clone();
+        }
         let verdict = judge(stage, stop, &summary, &handshake, options.timeout)?;
         summary.outcome = verdict.outcome;
         summary.reason = Some(verdict.reason);
@@ -469,10 +494,10 @@ async fn session(
     start: Instant,
 ) -> Result<(), (Stage, Stop)> {
     app.progress(format!(
-        "MQTT CONNECT as `{}`, client ID `{}`",
-        login.username, login.client_id
+        "{} CONNECT as `{}`, client ID `{}`",
+        options.version, login.username, login.client_id
     ));
-    let mut connection = Connection::open(target, login, tls, options.timeout)
+    let mut connection = Connection::open(options.version, target, login, tls, options.timeout)
         .await
         .map_err(|stop| (Stage::Connect, stop))?;
     summary.connack_ms = Some(millis(start));
@@ -567,8 +592,8 @@ fn judge(
     Ok(match (stage, stop) {
         (_, Stop::Unreachable(failure)) => return Err(failure.into()),
         (_, Stop::NotMqtt(detail)) => return Err(not_mqtt(summary, handshake, &detail).into()),
-        (Stage::Connect, Stop::Refused(code)) => refusal(code, &summary.client_id, login_remedy),
-        (Stage::Connect, Stop::Closed) => verdict(
+        (Stage::Connect, Stop::Refused(refused)) => refusal(&refused, summary, login_remedy),
+        (Stage::Connect, Stop::Closed(None)) => verdict(
             Outcome::ConnectRefused,
             "the broker closed the connection without answering the login: AWS IoT does this \
              when the authorizer denies it, returns a policy without iot:Connect for this \
@@ -576,34 +601,55 @@ fn judge(
                 .to_string(),
             login_remedy,
         ),
-        (Stage::Connect, Stop::TimedOut) => verdict(
+        (Stage::Connect, Stop::Closed(Some(said))) => verdict(
+            Outcome::ConnectRefused,
+            format!("the broker disconnected instead of answering the login (DISCONNECT {said})"),
+            login_remedy,
+        ),
+        (Stage::Connect, _) => verdict(
             Outcome::Failed,
             format!("no answer to the login (CONNACK) within {secs} s"),
             "check the authorizer Lambda's CloudWatch logs (it must answer within 5 s), or raise \
              --timeout",
         ),
-        (Stage::Publish, Stop::Closed) => verdict(
+        (Stage::Publish, Stop::Closed(said)) => verdict(
             Outcome::PublishRefused,
             format!(
-                "disconnected after publishing message {next} to `{}`: the policy does not allow \
-                 this client to publish to that topic",
-                summary.topic
+                "disconnected after publishing message {next} to `{}`{}: the policy does not \
+                 allow this client to publish to that topic",
+                summary.topic,
+                said.map(|r| format!(" (DISCONNECT {r})"))
+                    .unwrap_or_default()
             ),
-            "allow the topic in the device's topics (the authorizer's policy), or publish to a \
-             topic it allows with --topic",
+            publish_remedy(),
+        ),
+        (Stage::Publish, Stop::PublishRefused(refused)) => verdict(
+            Outcome::PublishRefused,
+            format!(
+                "message {next} to `{}` was refused (PUBACK {refused}){}",
+                summary.topic,
+                if refused.meaning == Meaning::NotAuthorized {
+                    ": the policy does not allow this client to publish to that topic"
+                } else {
+                    ""
+                }
+            ),
+            publish_remedy(),
         ),
         (Stage::Publish, _) => verdict(
             Outcome::Failed,
             format!("message {next} was not acknowledged (PUBACK) within {secs} s"),
             "check the broker, or raise --timeout",
         ),
-        (Stage::Pause, Stop::Closed) => verdict(
+        (Stage::Pause, Stop::Closed(said)) => verdict(
             Outcome::Failed,
             format!(
-                "the broker closed the connection between messages, after {} acknowledged: \
+                "the broker closed the connection between messages, after {} acknowledged{}: \
                  another client connected with the same client ID, or the authorizer's \
                  disconnectAfterInSeconds elapsed",
-                summary.acknowledged
+                summary.acknowledged,
+                said.map(|r| format!(" (DISCONNECT {r})"))
+                    .unwrap_or_default()
             ),
             "use a client ID no other client is using, and check disconnectAfterInSeconds",
         ),
@@ -618,41 +664,55 @@ fn judge(
     })
 }
 
-/// CONNACK return codes in plain words.
-fn refusal(code: ConnectReturnCode, client_id: &str, login_remedy: &str) -> Verdict {
-    let (outcome, reason, remedy) = match code {
-        ConnectReturnCode::NotAuthorized => (
+fn publish_remedy() -> &'static str {
+    "allow the topic in the device's topics (the authorizer's policy), or publish to a topic it \
+     allows with --topic"
+}
+
+/// A refused CONNACK in plain words, with the code (and MQTT 5 reason string) as sent.
+fn refusal(refused: &Refusal, summary: &ConnectSummary, login_remedy: &str) -> Verdict {
+    let client_id = &summary.client_id;
+    let (outcome, plain, remedy) = match refused.meaning {
+        Meaning::NotAuthorized => (
             Outcome::ConnectRefused,
             "not authorized: the authorizer denied this username, password or client ID"
                 .to_string(),
             login_remedy.to_string(),
         ),
-        ConnectReturnCode::BadUserNamePassword => (
+        Meaning::BadCredentials => (
             Outcome::ConnectRefused,
             "bad username or password: the broker rejected these credentials".to_string(),
             login_remedy.to_string(),
         ),
-        ConnectReturnCode::BadClientId => (
+        Meaning::BadClientId => (
             Outcome::ConnectRefused,
             format!("client ID `{client_id}` rejected by the broker"),
             "use one of the device's client IDs with --client-id".to_string(),
         ),
-        ConnectReturnCode::ServiceUnavailable => (
+        Meaning::Unavailable => (
             Outcome::Failed,
             "server unavailable: the broker could not check the login (on AWS IoT: the \
              authorizer Lambda failed, timed out, or IoT may not invoke it)"
                 .to_string(),
             "run `iot-custom-auth status` and check the authorizer's CloudWatch logs".to_string(),
         ),
-        ConnectReturnCode::RefusedProtocolVersion | ConnectReturnCode::Success => (
+        Meaning::Version => (
             Outcome::Failed,
-            format!("the broker refused the connection ({code:?})"),
-            "check that the broker accepts MQTT 3.1.1".to_string(),
+            format!("the broker does not accept {}", summary.mqtt_version),
+            match summary.mqtt_version {
+                Version::V5 => "try --mqtt-version 3.1.1".to_string(),
+                Version::V311 => "try --mqtt-version 5".to_string(),
+            },
+        ),
+        Meaning::Other => (
+            Outcome::Failed,
+            "the broker refused the connection".to_string(),
+            "check the broker's logs".to_string(),
         ),
     };
     Verdict {
         outcome,
-        reason,
+        reason: format!("{plain} (CONNACK {refused})"),
         remedy: Some(remedy),
     }
 }
@@ -687,6 +747,9 @@ mod tests {
             expect_deny: false,
             reason: None,
             remedy: None,
+            mqtt_version: Version::V311,
+            reason_code: None,
+            reason_string: None,
             host: "h".into(),
             port: 443,
             tls_version: "TLS 1.3".into(),
@@ -762,16 +825,16 @@ mod tests {
     fn refusals_in_plain_words() {
         let v = judged(
             Stage::Connect,
-            Stop::Refused(ConnectReturnCode::NotAuthorized),
+            Stop::Refused(v311(rumqttc::ConnectReturnCode::NotAuthorized)),
         );
         assert_eq!(v.outcome, Outcome::ConnectRefused);
         assert!(
             v.reason
                 .starts_with("not authorized: the authorizer denied")
         );
-        let v = judged(Stage::Connect, Stop::Closed);
+        let v = judged(Stage::Connect, Stop::Closed(None));
         assert_eq!(v.outcome, Outcome::ConnectRefused);
-        let v = judged(Stage::Publish, Stop::Closed);
+        let v = judged(Stage::Publish, Stop::Closed(None));
         assert_eq!(v.outcome, Outcome::PublishRefused);
         assert!(
             v.reason.contains("message 2 to `telemetry/s1`"),
@@ -780,14 +843,85 @@ mod tests {
         );
         let v = judged(
             Stage::Connect,
-            Stop::Refused(ConnectReturnCode::ServiceUnavailable),
+            Stop::Refused(v311(rumqttc::ConnectReturnCode::ServiceUnavailable)),
         );
         assert_eq!(v.outcome, Outcome::Failed);
         assert_eq!(
             judged(Stage::Publish, Stop::TimedOut).outcome,
             Outcome::Failed
         );
-        assert_eq!(judged(Stage::Pause, Stop::Closed).outcome, Outcome::Failed);
+        assert_eq!(
+            judged(Stage::Pause, Stop::Closed(None)).outcome,
+            Outcome::Failed
+        );
+    }
+
+    fn v311(code: rumqttc::ConnectReturnCode) -> Refusal {
+        Refusal::v311(code)
+    }
+
+    fn v5(code: u8, name: &'static str, meaning: Meaning, reason: Option<&str>) -> Refusal {
+        Refusal {
+            version: Version::V5,
+            code,
+            name,
+            meaning,
+            reason_string: reason.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn mqtt5_refusals_show_the_reason_code_and_string() {
+        let refused = v5(
+            0x86,
+            "Bad User Name or Password",
+            Meaning::BadCredentials,
+            Some("wrong password"),
+        );
+        let v = judged(Stage::Connect, Stop::Refused(refused));
+        assert_eq!(v.outcome, Outcome::ConnectRefused);
+        assert_eq!(
+            v.reason,
+            "bad username or password: the broker rejected these credentials (CONNACK reason \
+             code 0x86 (Bad User Name or Password), reason string \"wrong password\")"
+        );
+        let refused = v5(0x87, "Not authorized", Meaning::NotAuthorized, None);
+        let v = judged(Stage::Publish, Stop::PublishRefused(refused));
+        assert_eq!(v.outcome, Outcome::PublishRefused);
+        assert_eq!(
+            v.reason,
+            "message 2 to `telemetry/s1` was refused (PUBACK reason code 0x87 (Not authorized)): \
+             the policy does not allow this client to publish to that topic"
+        );
+        let taken = v5(0x8E, "Session taken over", Meaning::Other, None);
+        let v = judged(Stage::Pause, Stop::Closed(Some(taken)));
+        assert!(
+            v.reason
+                .contains("(DISCONNECT reason code 0x8E (Session taken over))"),
+            "{}",
+            v.reason
+        );
+    }
+
+    #[test]
+    fn a_broker_without_mqtt5_is_named_with_the_fix() {
+        let mut s = summary();
+        s.mqtt_version = Version::V5;
+        let v = judge(
+            Stage::Connect,
+            Stop::Refused(v311(rumqttc::ConnectReturnCode::RefusedProtocolVersion)),
+            &s,
+            &handshake(Some("mqtt")),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(v.outcome, Outcome::Failed);
+        assert_eq!(
+            v.reason,
+            "the broker does not accept MQTT 5 (CONNACK return code 1 (Unacceptable protocol \
+             version))"
+        );
+        assert_eq!(v.remedy.as_deref(), Some("try --mqtt-version 3.1.1"));
     }
 
     #[test]

@@ -8,156 +8,452 @@
 //! wire format comes from a maintained codec (`rumqttc::mqttbytes`, the same crate's packets that
 //! `connect` uses) and only the small routing below is ours.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::Result;
-use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::Console;
+use super::codec::Message;
 use super::lambda::Lambda;
-use super::session;
-
-/// Messages queued for a subscriber before publishers to it have to wait.
-const QUEUE: usize = 1024;
+use super::limits;
 
 /// What every connection shares.
 pub struct Gateway {
-    pub tls: TlsAcceptor,
+    pub tls: super::listener::Tls,
     pub lambda: Lambda,
     /// `arn:aws:iot:<region>:<account>`, the prefix of the resources policies are checked on.
     pub arn_prefix: String,
     pub console: Console,
     pub registry: Registry,
+    /// The deployment's authorizer name: a username naming another is refused.
+    pub authorizer: String,
+    /// Whether a username naming no authorizer gets this one (IoT's default authorizer).
+    pub default_authorizer: bool,
 }
 
-/// Accepts connections until the listener fails; each connection runs on its own task.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) -> Result<()> {
-    loop {
-        let (tcp, peer): (_, SocketAddr) = listener.accept().await?;
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(session::run(gateway.clone(), tcp, peer));
-    }
-}
-
-/// A message on its way to one subscriber.
-#[derive(Clone, Debug)]
-pub struct Delivery {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: QoS,
-}
-
-/// The connected clients by client ID, with their subscriptions.
-#[derive(Default)]
-pub struct Registry {
-    clients: Mutex<HashMap<String, Client>>,
-    next_connection: AtomicU64,
-}
-
-struct Client {
+/// One client ID's session: its subscriptions and, while it is offline, its queued QoS 1
+/// messages. It outlives the connection when the client asked for a persistent session.
+struct Entry {
     connection: u64,
-    deliveries: mpsc::Sender<Delivery>,
+    online: Option<Online>,
+    /// Filter as subscribed (`$share/group/...` included) → options.
+    filters: HashMap<String, Subscription>,
+    queued: VecDeque<Message>,
+    /// When an offline session is forgotten.
+    expires: Option<Instant>,
+}
+
+struct Online {
+    deliveries: mpsc::Sender<Message>,
     /// Fired when a newer connection takes over the client ID.
     takeover: oneshot::Sender<()>,
-    subscriptions: Vec<(String, QoS)>,
+    /// Fired when the client cannot keep up: a QoS 1 message found its queue full.
+    overflow: Arc<Notify>,
+}
+
+#[derive(Clone, Copy)]
+pub struct Subscription {
+    pub qos: QoS,
+    /// MQTT 5 no local: not the client's own messages.
+    pub no_local: bool,
 }
 
 /// A connection's membership in the registry.
 pub struct Membership {
     pub connection: u64,
-    pub deliveries: mpsc::Receiver<Delivery>,
+    pub deliveries: mpsc::Receiver<Message>,
     pub takeover: oneshot::Receiver<()>,
+    pub overflow: Arc<Notify>,
+    /// A persistent session was resumed (CONNACK's session present).
+    pub session_present: bool,
+    /// QoS 1 messages queued while the session was offline, oldest first.
+    pub queued: Vec<Message>,
+}
+
+/// What happened to a published message.
+#[derive(Default)]
+pub struct Routed {
+    /// Queued for a connected subscriber or a persistent session.
+    pub delivered: usize,
+    /// QoS 0 messages a full queue refused.
+    pub dropped: usize,
+}
+
+/// The sessions by client ID, their subscriptions indexed by topic level, and the retained
+/// messages. Everything a publish touches is found through the index, so a publish costs the
+/// levels of its topic and its matching subscriptions, never a scan of all subscriptions; and a
+/// publish never waits on a receiver (full queues drop QoS 0 and flag the receiver as too slow).
+#[derive(Default)]
+pub struct Registry {
+    state: Mutex<State>,
+    next_connection: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<String, Entry>,
+    index: Node,
+    /// Topic → the last retained message on it (IoT Core stores retained messages).
+    retained: HashMap<String, Message>,
 }
 
 impl Registry {
     /// Adds a connection under `client_id`, closing an older one with the same ID: IoT "doesn't
-    /// allow two clients with the same client ID to stay connected at the same time".
-    pub fn join(&self, client_id: &str) -> Membership {
+    /// allow two clients with the same client ID to stay connected at the same time". The
+    /// session it had is resumed unless the client asked for a clean start.
+    pub fn join(&self, client_id: &str, clean_start: bool) -> Membership {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let (deliveries_tx, deliveries) = mpsc::channel(QUEUE);
+        let (deliveries_tx, deliveries) = mpsc::channel(limits::DELIVERY_QUEUE);
         let (takeover_tx, takeover) = oneshot::channel();
-        let client = Client {
-            connection,
+        let overflow = Arc::new(Notify::new());
+        let online = Online {
             deliveries: deliveries_tx,
             takeover: takeover_tx,
-            subscriptions: Vec::new(),
+            overflow: overflow.clone(),
         };
-        if let Some(old) = self.lock().insert(client_id.to_string(), client) {
-            let _ = old.takeover.send(());
+        let mut state = self.lock();
+        state.forget_expired();
+        let old = state.sessions.remove(client_id);
+        let mut entry = Entry {
+            connection,
+            online: Some(online),
+            filters: HashMap::new(),
+            queued: VecDeque::new(),
+            expires: None,
+        };
+        let mut session_present = false;
+        if let Some(mut old) = old {
+            if let Some(online) = old.online.take() {
+                let _ = online.takeover.send(());
+            }
+            if clean_start {
+                for filter in old.filters.keys() {
+                    state.index.remove(filter, client_id);
+                }
+            } else {
+                session_present = true;
+                entry.filters = old.filters;
+                entry.queued = old.queued;
+            }
         }
+        let queued = entry.queued.drain(..).collect();
+        state.sessions.insert(client_id.to_string(), entry);
         Membership {
             connection,
             deliveries,
             takeover,
+            overflow,
+            session_present,
+            queued,
         }
     }
 
-    /// Removes the connection, unless a newer one already holds the client ID.
-    pub fn leave(&self, client_id: &str, connection: u64) {
-        let mut clients = self.lock();
-        if clients
-            .get(client_id)
-            .is_some_and(|c| c.connection == connection)
-        {
-            clients.remove(client_id);
+    /// The connection ends. Unless a newer one holds the client ID, the session is forgotten
+    /// or, with an expiry, kept offline with `unacked` messages queued first for the next
+    /// connection.
+    pub fn leave(&self, client_id: &str, connection: u64, expiry: Duration, unacked: Vec<Message>) {
+        let mut state = self.lock();
+        let Some(entry) = state.sessions.get_mut(client_id) else {
+            return;
+        };
+        if entry.connection != connection {
+            return;
         }
+        if expiry.is_zero() {
+            let entry = state.sessions.remove(client_id).expect("just found");
+            for filter in entry.filters.keys() {
+                state.index.remove(filter, client_id);
+            }
+            return;
+        }
+        entry.online = None;
+        entry.expires = Some(Instant::now() + expiry);
+        for message in unacked.into_iter().rev() {
+            entry.queued.push_front(message);
+        }
+        entry.queued.truncate(limits::QUEUED_PER_SESSION);
     }
 
-    /// Adds or replaces (same filter) a subscription.
-    pub fn subscribe(&self, client_id: &str, connection: u64, filter: &str, qos: QoS) {
-        self.with_client(client_id, connection, |client| {
-            let subs = &mut client.subscriptions;
-            subs.retain(|(f, _)| f != filter);
-            subs.push((filter.to_string(), qos));
-        });
+    /// Adds or replaces (same filter) a subscription; `Err` when the connection already has
+    /// IoT's maximum. `Ok(true)` for a new subscription.
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        connection: u64,
+        filter: &str,
+        subscription: Subscription,
+    ) -> Result<bool, ()> {
+        let mut state = self.lock();
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        let Some(entry) = sessions
+            .get_mut(client_id)
+            .filter(|e| e.connection == connection)
+        else {
+            return Ok(false);
+        };
+        let new = !entry.filters.contains_key(filter);
+        if new && entry.filters.len() >= limits::SUBSCRIPTIONS_PER_CONNECTION {
+            return Err(());
+        }
+        entry.filters.insert(filter.to_string(), subscription);
+        index.insert(filter, client_id, subscription);
+        Ok(new)
     }
 
     pub fn unsubscribe(&self, client_id: &str, connection: u64, filter: &str) {
-        self.with_client(client_id, connection, |client| {
-            client.subscriptions.retain(|(f, _)| f != filter);
-        });
+        let mut state = self.lock();
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        if let Some(entry) = sessions
+            .get_mut(client_id)
+            .filter(|e| e.connection == connection)
+            && entry.filters.remove(filter).is_some()
+        {
+            index.remove(filter, client_id);
+        }
     }
 
-    /// The clients with a subscription matching `topic`, each with the QoS to deliver at: the
-    /// lower of the message's and the subscription's. Whether a client may receive the message is
-    /// its own connection's check (`iot:Receive` is checked on every delivery).
-    pub fn recipients(&self, topic: &str, qos: QoS) -> Vec<(mpsc::Sender<Delivery>, QoS)> {
-        self.lock()
+    /// Queues `message` for every session with a matching subscription, at the lower of the
+    /// message's and the subscription's QoS; a shared subscription's group gets it once, in
+    /// turn. Never waits: a full queue drops a QoS 0 message and, for QoS 1, tells that
+    /// session it is too slow (it then disconnects). Offline persistent sessions queue QoS 1.
+    /// Whether a receiver may `iot:Receive` it is its own connection's check.
+    pub fn route(&self, message: &Message, publisher: &str) -> Routed {
+        let mut routed = Routed::default();
+        let mut state = self.lock();
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        let mut recipients: HashMap<&str, QoS> = HashMap::new();
+        let levels: Vec<&str> = message.topic.split('/').collect();
+        let dollar = message.topic.starts_with('$');
+        index.matches(&levels, dollar, &mut |client_id, subscription| {
+            if subscription.no_local && client_id == publisher {
+                return;
+            }
+            let qos = min_qos(subscription.qos, message.qos);
+            let best = recipients.entry(client_id).or_insert(qos);
+            *best = max_qos(*best, qos);
+        });
+        let now = Instant::now();
+        for (client_id, qos) in recipients {
+            let Some(entry) = sessions.get_mut(client_id) else {
+                continue;
+            };
+            let mut copy = message.clone();
+            copy.qos = qos;
+            copy.pkid = 0;
+            match &entry.online {
+                Some(online) => match online.deliveries.try_send(copy) {
+                    Ok(()) => routed.delivered += 1,
+                    Err(TrySendError::Full(_)) if qos == QoS::AtMostOnce => routed.dropped += 1,
+                    Err(TrySendError::Full(_)) => online.overflow.notify_one(),
+                    Err(TrySendError::Closed(_)) => {}
+                },
+                None if qos == QoS::AtLeastOnce && entry.expires.is_some_and(|e| e > now) => {
+                    if entry.queued.len() >= limits::QUEUED_PER_SESSION {
+                        entry.queued.pop_front();
+                    }
+                    entry.queued.push_back(copy);
+                    routed.delivered += 1;
+                }
+                None => {}
+            }
+        }
+        routed
+    }
+
+    /// Stores a retained message; an empty payload deletes the topic's.
+    pub fn retain(&self, message: &Message) {
+        let mut state = self.lock();
+        if message.payload.is_empty() {
+            state.retained.remove(&message.topic);
+        } else {
+            state
+                .retained
+                .insert(message.topic.clone(), message.clone());
+        }
+    }
+
+    /// The retained messages a new subscription to `filter` receives.
+    pub fn retained(&self, filter: &str) -> Vec<Message> {
+        let state = self.lock();
+        state
+            .retained
             .values()
-            .filter_map(|client| {
-                let granted = client
-                    .subscriptions
-                    .iter()
-                    .filter(|(filter, _)| topic_matches(topic, filter))
-                    .map(|(_, q)| *q)
-                    .reduce(|a, b| if b > a { b } else { a })?;
-                let qos = if granted < qos { granted } else { qos };
-                Some((client.deliveries.clone(), qos))
-            })
+            .filter(|m| topic_matches(&m.topic, filter))
+            .cloned()
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Client>> {
-        self.clients.lock().expect("registry lock")
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("registry lock")
     }
+}
 
-    /// Runs `f` on the client if this connection still holds its ID.
-    fn with_client(&self, client_id: &str, connection: u64, f: impl FnOnce(&mut Client)) {
-        if let Some(client) = self
-            .lock()
-            .get_mut(client_id)
-            .filter(|c| c.connection == connection)
-        {
-            f(client);
+impl State {
+    fn forget_expired(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.online.is_none() && e.expires.is_none_or(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in expired {
+            if let Some(entry) = self.sessions.remove(&client_id) {
+                for filter in entry.filters.keys() {
+                    self.index.remove(filter, &client_id);
+                }
+            }
         }
     }
+}
+
+/// `$share/group/filter` → (group, filter).
+pub fn shared(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
+}
+
+/// The subscription index: a tree of topic levels (`+` and `#` are levels of their own).
+#[derive(Default)]
+struct Node {
+    children: HashMap<String, Node>,
+    /// Client ID → subscription, for filters ending here.
+    here: HashMap<String, Subscription>,
+    /// Shared subscriptions ending here, by group.
+    groups: HashMap<String, Group>,
+}
+
+#[derive(Default)]
+struct Group {
+    members: Vec<(String, Subscription)>,
+    next: usize,
+}
+
+impl Node {
+    fn insert(&mut self, filter: &str, client_id: &str, subscription: Subscription) {
+        let (group, path) = match shared(filter) {
+            Some((group, path)) => (Some(group), path),
+            None => (None, filter),
+        };
+        let mut node = self;
+        for level in path.split('/') {
+            node = node.children.entry(level.to_string()).or_default();
+        }
+        match group {
+            None => {
+                node.here.insert(client_id.to_string(), subscription);
+            }
+            Some(group) => {
+                let members = &mut node.groups.entry(group.to_string()).or_default().members;
+                members.retain(|(id, _)| id != client_id);
+                members.push((client_id.to_string(), subscription));
+            }
+        }
+    }
+
+    fn remove(&mut self, filter: &str, client_id: &str) {
+        let (group, path) = match shared(filter) {
+            Some((group, path)) => (Some(group), path),
+            None => (None, filter),
+        };
+        let levels: Vec<&str> = path.split('/').collect();
+        self.remove_at(&levels, group, client_id);
+    }
+
+    /// Removes the subscription and prunes emptied nodes; true if this node is now empty.
+    fn remove_at(&mut self, levels: &[&str], group: Option<&str>, client_id: &str) -> bool {
+        match levels.split_first() {
+            None => match group {
+                None => {
+                    self.here.remove(client_id);
+                }
+                Some(group) => {
+                    if let Some(g) = self.groups.get_mut(group) {
+                        g.members.retain(|(id, _)| id != client_id);
+                        if g.members.is_empty() {
+                            self.groups.remove(group);
+                        }
+                    }
+                }
+            },
+            Some((level, rest)) => {
+                if let Some(child) = self.children.get_mut(*level)
+                    && child.remove_at(rest, group, client_id)
+                {
+                    self.children.remove(*level);
+                }
+            }
+        }
+        self.children.is_empty() && self.here.is_empty() && self.groups.is_empty()
+    }
+
+    /// Calls `found` for every subscription matching the topic `levels` (MQTT 3.1.1 §4.7: `+`
+    /// one level, `#` the rest including the parent, and no first-level wildcard for a topic
+    /// starting with `$`). A shared group yields one member per message, in turn.
+    fn matches<'a>(
+        &'a mut self,
+        levels: &[&str],
+        dollar: bool,
+        found: &mut dyn FnMut(&'a str, Subscription),
+    ) {
+        match levels.split_first() {
+            None => {
+                Self::yield_here(&mut self.here, &mut self.groups, found);
+                // `a/#` matches `a`.
+                if let Some(hash) = self.children.get_mut("#") {
+                    Self::yield_here(&mut hash.here, &mut hash.groups, found);
+                }
+            }
+            Some((level, rest)) => {
+                // Only the first level of a `$` topic refuses wildcards; deeper calls pass false.
+                for (key, child) in self.children.iter_mut() {
+                    if key == level || (!dollar && key == "+") {
+                        child.matches(rest, false, found);
+                    } else if !dollar && key == "#" {
+                        Self::yield_here(&mut child.here, &mut child.groups, found);
+                    }
+                }
+            }
+        }
+    }
+
+    fn yield_here<'a>(
+        here: &'a mut HashMap<String, Subscription>,
+        groups: &'a mut HashMap<String, Group>,
+        found: &mut dyn FnMut(&'a str, Subscription),
+    ) {
+        for (client_id, subscription) in here.iter() {
+            found(client_id, *subscription);
+        }
+        for group in groups.values_mut() {
+            if group.members.is_empty() {
+                continue;
+            }
+            let i = group.next % group.members.len();
+            group.next = group.next.wrapping_add(1);
+            let (client_id, subscription) = &group.members[i];
+            found(client_id, *subscription);
+        }
+    }
+}
+
+fn min_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) < (b as u8) { a } else { b }
+}
+
+fn max_qos(a: QoS, b: QoS) -> QoS {
+    if (a as u8) > (b as u8) { a } else { b }
 }
 
 /// MQTT topic matching: `+` is one level, `#` the rest (including the parent level), and topics
@@ -181,6 +477,7 @@ pub fn topic_matches(topic: &str, filter: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn topic_filters() {
@@ -200,46 +497,158 @@ mod tests {
         ];
         for (topic, filter, expected) in cases {
             assert_eq!(topic_matches(topic, filter), expected, "{topic} {filter}");
+            // The index agrees with the plain matcher.
+            let registry = Registry::default();
+            let mut member = registry.join("c", true);
+            registry
+                .subscribe("c", member.connection, filter, sub(QoS::AtMostOnce))
+                .unwrap();
+            registry.route(&message(topic, QoS::AtMostOnce), "p");
+            assert_eq!(
+                member.deliveries.try_recv().is_ok(),
+                expected,
+                "index: {topic} {filter}"
+            );
+        }
+    }
+
+    fn sub(qos: QoS) -> Subscription {
+        Subscription {
+            qos,
+            no_local: false,
+        }
+    }
+
+    fn message(topic: &str, qos: QoS) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            pkid: 0,
+            properties: None,
+            expires: None,
         }
     }
 
     #[tokio::test]
     async fn routing_and_takeover() {
         let registry = Registry::default();
-        let mut first = registry.join("c1");
-        registry.subscribe("c1", first.connection, "t/+", QoS::AtLeastOnce);
-        let mut other = registry.join("c2");
-        registry.subscribe("c2", other.connection, "x", QoS::AtMostOnce);
+        let mut first = registry.join("c1", true);
+        registry
+            .subscribe("c1", first.connection, "t/+", sub(QoS::AtLeastOnce))
+            .unwrap();
+        let mut other = registry.join("c2", true);
+        registry
+            .subscribe("c2", other.connection, "x", sub(QoS::AtMostOnce))
+            .unwrap();
 
-        let recipients = registry.recipients("t/1", QoS::AtLeastOnce);
-        assert_eq!(recipients.len(), 1);
-        assert_eq!(recipients[0].1, QoS::AtLeastOnce);
-        recipients[0].0.try_send(delivery("t/1")).unwrap();
-        assert_eq!(first.deliveries.recv().await.unwrap().topic, "t/1");
+        registry.route(&message("t/1", QoS::AtLeastOnce), "p");
+        let got = first.deliveries.recv().await.unwrap();
+        assert_eq!(got.topic, "t/1");
+        assert_eq!(got.qos, QoS::AtLeastOnce);
         assert!(other.deliveries.try_recv().is_err());
 
-        let second = registry.join("c1");
+        let mut second = registry.join("c1", true);
         assert!(first.takeover.try_recv().is_ok());
         // The old connection leaving must not remove the new one.
-        registry.leave("c1", first.connection);
-        registry.subscribe("c1", second.connection, "t/#", QoS::AtMostOnce);
-        let recipients = registry.recipients("t/2", QoS::AtLeastOnce);
-        assert_eq!(recipients.len(), 1);
-        assert_eq!(
-            recipients[0].1,
-            QoS::AtMostOnce,
-            "the subscription's lower QoS"
-        );
-        recipients[0].0.try_send(delivery("t/2")).unwrap();
-        let mut second = second;
-        assert_eq!(second.deliveries.recv().await.unwrap().topic, "t/2");
+        registry.leave("c1", first.connection, Duration::ZERO, Vec::new());
+        registry
+            .subscribe("c1", second.connection, "t/#", sub(QoS::AtMostOnce))
+            .unwrap();
+        registry.route(&message("t/2", QoS::AtLeastOnce), "p");
+        let got = second.deliveries.recv().await.unwrap();
+        assert_eq!(got.qos, QoS::AtMostOnce, "the subscription's lower QoS");
     }
 
-    fn delivery(topic: &str) -> Delivery {
-        Delivery {
-            topic: topic.into(),
-            payload: Bytes::new(),
-            qos: QoS::AtMostOnce,
+    #[test]
+    fn a_full_queue_drops_qos0_and_flags_qos1_without_waiting() {
+        let registry = Registry::default();
+        let member = registry.join("slow", true);
+        registry
+            .subscribe("slow", member.connection, "t", sub(QoS::AtLeastOnce))
+            .unwrap();
+        for _ in 0..limits::DELIVERY_QUEUE {
+            assert_eq!(
+                registry
+                    .route(&message("t", QoS::AtMostOnce), "p")
+                    .delivered,
+                1
+            );
         }
+        assert_eq!(
+            registry.route(&message("t", QoS::AtMostOnce), "p").dropped,
+            1
+        );
+        registry.route(&message("t", QoS::AtLeastOnce), "p");
+        // The flag is stored: the session sees it at its next wait.
+        let notified = member.overflow.notified();
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut notified = std::pin::pin!(notified);
+        assert!(notified.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn shared_subscriptions_deliver_once_in_turn() {
+        let registry = Registry::default();
+        let mut a = registry.join("a", true);
+        let mut b = registry.join("b", true);
+        for m in [&a, &b] {
+            let id = if m.connection == a.connection {
+                "a"
+            } else {
+                "b"
+            };
+            registry
+                .subscribe(id, m.connection, "$share/g/t/+", sub(QoS::AtLeastOnce))
+                .unwrap();
+        }
+        for _ in 0..4 {
+            registry.route(&message("t/1", QoS::AtLeastOnce), "p");
+        }
+        let count =
+            |m: &mut Membership| std::iter::from_fn(|| m.deliveries.try_recv().ok()).count();
+        assert_eq!((count(&mut a), count(&mut b)), (2, 2));
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_subscriptions_and_queues_qos1() {
+        let registry = Registry::default();
+        let first = registry.join("p", false);
+        registry
+            .subscribe("p", first.connection, "t", sub(QoS::AtLeastOnce))
+            .unwrap();
+        registry.leave("p", first.connection, Duration::from_secs(60), Vec::new());
+        registry.route(&message("t", QoS::AtLeastOnce), "x");
+        registry.route(&message("t", QoS::AtMostOnce), "x");
+        let second = registry.join("p", false);
+        assert!(second.session_present);
+        assert_eq!(second.queued.len(), 1, "QoS 1 only");
+        registry.leave("p", second.connection, Duration::ZERO, Vec::new());
+        let third = registry.join("p", false);
+        assert!(!third.session_present);
+    }
+
+    #[test]
+    fn subscriptions_per_connection_are_capped() {
+        let registry = Registry::default();
+        let m = registry.join("c", true);
+        for i in 0..limits::SUBSCRIPTIONS_PER_CONNECTION {
+            registry
+                .subscribe("c", m.connection, &format!("t/{i}"), sub(QoS::AtMostOnce))
+                .unwrap();
+        }
+        assert!(
+            registry
+                .subscribe("c", m.connection, "t/x", sub(QoS::AtMostOnce))
+                .is_err()
+        );
+        // Replacing an existing one is not a new subscription.
+        assert!(
+            registry
+                .subscribe("c", m.connection, "t/0", sub(QoS::AtLeastOnce))
+                .is_ok()
+        );
     }
 }

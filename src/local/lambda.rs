@@ -1,14 +1,24 @@
-//! The local stand-in for the authorizer Lambda: one warm `node` process running
-//! `assets/local/worker.mjs`, which imports the handler once and then serves invocations one at a
-//! time, as one Lambda execution environment does. A login therefore costs one JSON line each way,
-//! not a node start. Each invocation is printed on stderr the way CloudWatch shows it
-//! (`START`, the function's log lines, `END`, `REPORT`).
+//! The local stand-in for the authorizer Lambda: warm `node` processes running
+//! `assets/local/worker.mjs`, each importing the handler once and then serving invocations one at
+//! a time, as one Lambda execution environment does. A login therefore costs one JSON line each
+//! way, not a node start. Like Lambda, which scales out to concurrent invocations, up to
+//! `workers` processes run side by side; a warm one is reused before a new one is started (its
+//! cold start is logged, `INIT_START`). Each invocation is printed on stderr the way CloudWatch
+//! shows it (`START`, the function's log lines, `END`, `REPORT`).
 //!
-//! IoT gives an authorizer 5 s (aws-facts §2); past that the process is killed, the login refused,
-//! and the next login starts a fresh process (a new cold start, as after a Lambda timeout).
+//! IoT gives an authorizer 5 s (aws-facts §2). Here that is one deadline per login, counted from
+//! the moment the login asks, so time spent waiting for a free worker counts: a hung call holds
+//! one worker until its own deadline, and a login queued behind busy workers is refused at its
+//! deadline rather than served late. A process past the deadline is killed and replaced by a
+//! fresh one on demand (a new cold start, as after a Lambda timeout).
+//!
+//! The processes get only the environment Lambda gives a function (`Spec::env`), never this
+//! process's own: the operator's AWS keys and the device password variable stay out of reach of
+//! the authorizer's code, as they would on AWS.
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -16,7 +26,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, timeout_at};
 
 use super::Console;
 
@@ -26,14 +37,16 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WORKER_SOURCE: &str = include_str!("../../assets/local/worker.mjs");
 
-/// How to start the worker.
+/// How to start a worker.
 pub struct Spec {
     pub node: PathBuf,
     pub worker_script: PathBuf,
     pub code_dir: PathBuf,
     pub handler: String,
-    /// The variables Lambda sets that a handler may read.
+    /// The whole environment of the worker: the variables Lambda sets that a handler may read.
     pub env: Vec<(String, String)>,
+    /// How many invocations may run at once (Lambda's concurrency for this function).
+    pub workers: usize,
 }
 
 /// What a device sent, as IoT passes it to the authorizer.
@@ -79,61 +92,95 @@ pub enum Outcome {
     Failed(String),
 }
 
-struct Job {
-    event: Value,
-    reply: oneshot::Sender<Outcome>,
-}
-
-/// A handle to the worker; cheap to clone, invocations queue in order.
+/// A handle to the workers; cheap to clone.
 #[derive(Clone)]
 pub struct Lambda {
-    jobs: mpsc::Sender<Job>,
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    spec: Spec,
+    console: Console,
+    /// One permit per invocation that may run now.
+    slots: Arc<Semaphore>,
+    /// Warm processes waiting for an invocation; the most recently used is taken first, so
+    /// extra processes only start under concurrent load.
+    idle: Mutex<Vec<Process>>,
 }
 
 impl Lambda {
-    /// Starts the worker and waits for its init, so that a broken handler or a missing `node`
+    /// Starts one worker and waits for its init, so that a broken handler or a missing `node`
     /// stops `local` at once instead of refusing every login.
     pub async fn start(spec: Spec, console: Console) -> Result<Self> {
         let warm = Process::spawn(&spec, console).await?;
-        let (jobs, rx) = mpsc::channel(64);
-        tokio::spawn(serve(spec, console, Some(warm), rx));
-        Ok(Self { jobs })
+        let pool = Pool {
+            slots: Arc::new(Semaphore::new(spec.workers.max(1))),
+            spec,
+            console,
+            idle: Mutex::new(vec![warm]),
+        };
+        Ok(Self {
+            pool: Arc::new(pool),
+        })
     }
 
+    /// Invokes the authorizer within IoT's 5 s, counted from now. Its verdict ends the
+    /// connection's login phase, which frees its place among those not yet logged in.
     pub async fn invoke(&self, event: Value) -> Outcome {
-        let (reply, answer) = oneshot::channel();
-        if self.jobs.send(Job { event, reply }).await.is_err() {
-            return Outcome::Failed("the authorizer worker has stopped".into());
-        }
-        answer
-            .await
-            .unwrap_or_else(|_| Outcome::Failed("the authorizer worker has stopped".into()))
+        let outcome = self.invoke_by(event, Instant::now() + TIMEOUT).await;
+        super::listener::logged_in();
+        outcome
+    }
+
+    /// Invokes the authorizer if it can answer by `deadline`: waiting for a free worker, starting
+    /// one and the call itself all count. The call runs on its own task, so a caller that gives
+    /// up (its client hung up) does not kill a process mid-invocation.
+    pub async fn invoke_by(&self, event: Value, deadline: Instant) -> Outcome {
+        let busy = || {
+            Outcome::Failed(format!(
+                "all {} authorizer workers stayed busy past IoT's {} s limit for this login \
+                 (raise --authorizer-workers if the authorizer is slow)",
+                self.pool.spec.workers,
+                TIMEOUT.as_secs()
+            ))
+        };
+        let slot = match timeout_at(deadline, self.pool.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Outcome::Failed("the authorizer workers have stopped".into()),
+            Err(_) => return busy(),
+        };
+        let pool = self.pool.clone();
+        let call = tokio::spawn(async move {
+            let outcome = pool.run(&event, deadline).await;
+            drop(slot);
+            outcome
+        });
+        call.await
+            .unwrap_or_else(|_| Outcome::Failed("the authorizer worker stopped".into()))
     }
 }
 
-async fn serve(
-    spec: Spec,
-    console: Console,
-    mut warm: Option<Process>,
-    mut jobs: mpsc::Receiver<Job>,
-) {
-    while let Some(job) = jobs.recv().await {
-        let process = match warm.take() {
-            Some(p) => Ok(p),
-            None => Process::spawn(&spec, console).await,
-        };
-        let outcome = match process {
-            Ok(mut process) => {
-                let (outcome, healthy) = process.invoke(&job.event, console).await;
-                if healthy {
-                    warm = Some(process);
+impl Pool {
+    async fn run(&self, event: &Value, deadline: Instant) -> Outcome {
+        let warm = self.idle.lock().expect("worker pool lock").pop();
+        let mut process = match warm {
+            Some(process) => process,
+            None => match timeout_at(deadline, Process::spawn(&self.spec, self.console)).await {
+                Ok(Ok(process)) => process,
+                Ok(Err(e)) => return Outcome::Failed(format!("{e:#}")),
+                Err(_) => {
+                    return Outcome::Failed(format!(
+                        "a new authorizer worker did not finish its init within IoT's {} s limit",
+                        TIMEOUT.as_secs()
+                    ));
                 }
-                outcome
-            }
-            Err(e) => Outcome::Failed(format!("{e:#}")),
+            },
         };
-        // The connection may have gone meanwhile; nobody is left to tell.
-        let _ = job.reply.send(outcome);
+        let (outcome, healthy) = process.invoke(event, self.console, deadline).await;
+        if healthy {
+            self.idle.lock().expect("worker pool lock").push(process);
+        }
+        outcome
     }
 }
 
@@ -151,6 +198,7 @@ impl Process {
             .arg(&spec.worker_script)
             .arg(&spec.code_dir)
             .arg(&spec.handler)
+            .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -184,13 +232,20 @@ impl Process {
         })
     }
 
-    /// Runs one invocation; the flag says whether the process may serve the next one.
-    async fn invoke(&mut self, event: &Value, console: Console) -> (Outcome, bool) {
+    /// Runs one invocation, killed at `deadline`; the flag says whether the process may serve
+    /// the next one.
+    async fn invoke(
+        &mut self,
+        event: &Value,
+        console: Console,
+        deadline: Instant,
+    ) -> (Outcome, bool) {
         let id = uuid::Uuid::new_v4().to_string();
         console.line(format!("START RequestId: {id} Version: $LATEST"));
-        let request = json!({ "id": id, "event": event, "timeoutMs": TIMEOUT.as_millis() as u64 });
-        let started = std::time::Instant::now();
-        let reply = tokio::time::timeout(TIMEOUT, self.exchange(&request)).await;
+        let started = Instant::now();
+        let budget = deadline.saturating_duration_since(started);
+        let request = json!({ "id": id, "event": event, "timeoutMs": budget.as_millis() as u64 });
+        let reply = timeout_at(deadline, self.exchange(&request)).await;
         let (outcome, healthy, duration_ms) = match reply {
             Ok(Ok(reply)) => {
                 print_logs(console, &reply);
@@ -208,7 +263,7 @@ impl Process {
             Err(_) => {
                 console.line(format!(
                     "{id} Task timed out after {:.2} seconds",
-                    TIMEOUT.as_secs_f64()
+                    budget.as_secs_f64()
                 ));
                 let message = format!(
                     "the authorizer ran past IoT's {} s limit",
@@ -249,7 +304,7 @@ impl Process {
     }
 }
 
-fn elapsed_ms(started: std::time::Instant) -> f64 {
+fn elapsed_ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 

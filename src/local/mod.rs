@@ -6,12 +6,17 @@
 //! - `lambda`: the warm node worker, the event IoT sends, CloudWatch-style logs.
 //! - `response`: the authorizer response contract.
 //! - `iot_policy`: policy evaluation (pure, table-tested).
-//! - `broker` / `session`: the listener, routing, and one connection's life.
+//! - `listener`: the accept loop, its connection caps and the ALPN check.
+//! - `broker` / `session`: routing, and one connection's life.
+//! - `codec` / `limits`: MQTT 3.1.1 and 5 on the wire, and IoT's protocol limits.
 
 mod broker;
 mod certs;
+mod codec;
 mod iot_policy;
 mod lambda;
+mod limits;
+mod listener;
 mod response;
 mod session;
 
@@ -56,9 +61,35 @@ pub struct LocalArgs {
         default_value = "node"
     )]
     pub node: PathBuf,
+    /// Authorizer invocations that may run at once, each in its own warm node process (Lambda
+    /// runs concurrent invocations side by side). A login waits for a free one, but never past
+    /// IoT's 5 s limit for its authorizer call.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub authorizer_workers: u16,
+    /// Most connections open at once; more are closed as soon as they are accepted. Lowered to
+    /// fit the open-files limit (which `local` raises to its hard limit at start).
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Most connections that have not logged in yet (TLS handshake and CONNECT still to come,
+    /// or the authorizer not yet answered); more are closed as soon as they are accepted, so idle
+    /// or slow clients cannot take every slot.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending: u32,
+    /// Serve the authorizer only to usernames that name it (`?x-amz-customauthorizer-name=`),
+    /// as IoT does when it is not the account's default [default: the config's
+    /// `deployment.default_authorizer`].
+    #[arg(long)]
+    pub no_default: bool,
 }
 
 /// Where progress and the authorizer's logs go: stderr, unless -q.
+///
+/// Much of what is printed comes from clients (client IDs, usernames, topics) or from the
+/// authorizer's code (its console output), so every line is made inert here, where no caller can
+/// forget it: see [`inert`].
 #[derive(Clone, Copy)]
 pub struct Console {
     quiet: bool,
@@ -67,9 +98,33 @@ pub struct Console {
 impl Console {
     pub fn line(&self, line: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", line.as_ref());
+            eprintln!("{}", inert(line.as_ref()));
         }
     }
+}
+
+/// `text` with every character that a terminal would act on instead of showing written as an
+/// escape (`\u{1b}`, `\n`, `\r`...): C0 and C1 controls (ESC and CSI start the sequences that
+/// move the cursor, recolour, retitle or clear the operator's screen; CR and LF forge or
+/// overwrite log lines) and the Unicode bidirectional overrides (they reorder what is shown).
+/// Tab stays: the CloudWatch-style lines use it as their separator.
+pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// Printed on stdout once the listener is up; tests read the address from it.
@@ -78,6 +133,10 @@ struct Listening {
     address: SocketAddr,
     ca_file: PathBuf,
     authorizer: String,
+    /// The name a username may ask for with `?x-amz-customauthorizer-name=`.
+    authorizer_name: String,
+    /// Whether a username that names no authorizer gets this one.
+    default_authorizer: bool,
     arn_prefix: String,
 }
 
@@ -90,13 +149,41 @@ impl fmt::Display for Listening {
         )?;
         writeln!(f, "  CA file:    {}", self.ca_file.display())?;
         writeln!(f, "  authorizer: {}", self.authorizer)?;
-        writeln!(f, "  ARNs:       {}:…", self.arn_prefix)?;
-        writeln!(f, "Connect a device from another terminal:")?;
         writeln!(
             f,
-            "  iot-custom-auth connect --host {} --ca-file {} --username <device>",
-            self.address,
-            self.ca_file.display()
+            "  name:       {} ({})",
+            self.authorizer_name,
+            if self.default_authorizer {
+                "also the default: a username need not name it"
+            } else {
+                "not the default: usernames must end in ?x-amz-customauthorizer-name=<name>"
+            }
+        )?;
+        writeln!(f, "  ARNs:       {}:…", self.arn_prefix)?;
+        // Hints never put a password in argv, where `ps` shows it to every user: `connect`
+        // reads it from the variable, and mosquitto_pub from an options file in a private
+        // directory (printf is a shell builtin, so no process gets it as an argument).
+        let host = match self.address.ip() {
+            ip if ip.is_loopback() || ip.is_unspecified() => "localhost".to_string(),
+            ip => ip.to_string(),
+        };
+        let (port, ca) = (self.address.port(), self.ca_file.display());
+        writeln!(
+            f,
+            "Connect a device from another terminal, its password in IOT_CUSTOM_AUTH_PASSWORD \
+             (read -rs IOT_CUSTOM_AUTH_PASSWORD && export IOT_CUSTOM_AUTH_PASSWORD):"
+        )?;
+        writeln!(
+            f,
+            "  iot-custom-auth connect --host {host}:{port} --ca-file {ca} --username <device>"
+        )?;
+        writeln!(f, "or with mosquitto_pub (add -V mqttv5 for MQTT 5):")?;
+        writeln!(
+            f,
+            "  d=$(mktemp -d) && printf -- '-P %s\\n' \"$IOT_CUSTOM_AUTH_PASSWORD\" > \"$d/mosquitto_pub\" \
+             && XDG_CONFIG_HOME=\"$d\" mosquitto_pub -h {host} -p {port} --cafile {ca} \
+             --tls-alpn mqtt -i <device> -u <device> -t telemetry/<device> -q 1 -m hello; \
+             rm -r \"$d\""
         )?;
         writeln!(f, "Stop with Ctrl-C.")
     }
@@ -113,35 +200,56 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
         .clone()
         .unwrap_or_else(|| default_cert_dir(&app.global.config));
     let identity = certs::load_or_create(&cert_dir)?;
-    if identity.created {
-        app.progress(format!(
-            "created a throwaway CA and server certificate in {}",
-            cert_dir.display()
-        ));
+    match identity.made {
+        Some(certs::Made::New) => app.progress(format!(
+            "created a throwaway CA and server certificate in {} (valid for {} days)",
+            cert_dir.display(),
+            certs::VALIDITY.as_secs() / 86_400
+        )),
+        Some(certs::Made::Renewed) => app.progress(format!(
+            "the throwaway CA in {} expires within {} days: made a new one (valid for {} days); \
+             clients that copied the old ca.pem need the new one",
+            cert_dir.display(),
+            certs::RENEW_BEFORE.as_secs() / 86_400,
+            certs::VALIDITY.as_secs() / 86_400
+        )),
+        None => {}
     }
     let ca_file = identity.ca_file.clone();
     let console = Console {
         quiet: app.global.quiet,
     };
+    let workers = usize::from(args.authorizer_workers);
+    let limits = listener::Limits::fit(
+        args.max_connections as usize,
+        args.max_pending as usize,
+        workers,
+        console,
+    );
     let spec = lambda::Spec {
         node: args.node.clone(),
         worker_script: code_dir.worker_script(),
         code_dir: code_dir.code(),
         handler: package.handler.clone(),
-        env: lambda_env(app, &config, region, &code_dir.code())?,
+        env: lambda_env(app, &config, region, &code_dir.code(), &package.handler)?,
+        workers,
     };
     let lambda = lambda::Lambda::start(spec, console)
         .await
         .map_err(|e| node_failure(e, &args.node))?;
-    let listener = TcpListener::bind(args.listen)
+    let authorizer_name = app.names(&config)?.authorizer;
+    let default_authorizer = config.deployment.default_authorizer && !args.no_default;
+    let socket = TcpListener::bind(args.listen)
         .await
         .map_err(|e| listen_failure(e, args.listen))?;
     let gateway = Arc::new(broker::Gateway {
-        tls: tokio_rustls::TlsAcceptor::from(certs::server_config(identity)?),
+        tls: listener::Tls::new(certs::server_config(identity)?),
         lambda,
         arn_prefix: arn_prefix.clone(),
         console,
         registry: broker::Registry::default(),
+        authorizer: authorizer_name.clone(),
+        default_authorizer,
     });
     let authorizer = match args.code.as_ref().or(config.deployment.code.as_ref()) {
         Some(code) => format!("{} ({})", code.display(), package.handler),
@@ -151,13 +259,15 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
         ),
     };
     app.print(&Listening {
-        address: listener.local_addr()?,
+        address: socket.local_addr()?,
         ca_file,
         authorizer,
+        authorizer_name,
+        default_authorizer,
         arn_prefix,
     });
     tokio::select! {
-        served = broker::serve(listener, gateway) => served?,
+        () = listener::serve(socket, gateway, limits) => {}
         _ = shutdown() => app.progress("stopped"),
     }
     Ok(exit::OK)
@@ -169,25 +279,40 @@ fn default_cert_dir(config: &Path) -> PathBuf {
     parent.join(".iot-custom-auth").join("local")
 }
 
-/// The variables Lambda gives a function (PATH aside, nothing of this shell leaks in, as nothing
-/// of the deployer's environment reaches a Lambda).
+/// The whole environment of the authorizer's node processes: the variables Lambda gives a
+/// Node.js function (nothing of this shell leaks in, as nothing of the deployer's environment
+/// reaches a Lambda; above all not the operator's AWS keys or the device password variable).
+/// Not set: the execution role's credentials (`AWS_ACCESS_KEY_ID`... ; there is no role
+/// locally) and `AWS_LAMBDA_RUNTIME_API` (there is no runtime API). PATH is this machine's, so
+/// that a handler finds the same tools node does.
 fn lambda_env(
     app: &App,
     config: &crate::config::Config,
     region: &str,
     code: &Path,
+    handler: &str,
 ) -> Result<Vec<(String, String)>> {
-    let names = app.names(config)?;
+    let function = app.names(config)?.function;
+    let runtime = &config.deployment.runtime;
     let mut env = vec![
         ("AWS_REGION".into(), region.to_string()),
         ("AWS_DEFAULT_REGION".into(), region.to_string()),
-        ("AWS_LAMBDA_FUNCTION_NAME".into(), names.function),
+        ("AWS_EXECUTION_ENV".into(), format!("AWS_Lambda_{runtime}")),
+        ("AWS_LAMBDA_FUNCTION_NAME".into(), function.clone()),
         ("AWS_LAMBDA_FUNCTION_VERSION".into(), "$LATEST".into()),
         (
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
             config.deployment.memory_mb.to_string(),
         ),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE".into(), "on-demand".into()),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME".into(),
+            format!("/aws/lambda/{function}"),
+        ),
+        ("AWS_LAMBDA_LOG_STREAM_NAME".into(), "local".into()),
         ("LAMBDA_TASK_ROOT".into(), code.display().to_string()),
+        ("_HANDLER".into(), handler.to_string()),
+        ("LANG".into(), "en_US.UTF-8".into()),
         ("TZ".into(), ":UTC".into()),
     ];
     if let Some(path) = std::env::var_os("PATH") {
@@ -232,7 +357,8 @@ async fn shutdown() {
 }
 
 /// The package unpacked for node, plus the worker script beside it (not inside, so it cannot
-/// clash with the user's files). Removed when dropped.
+/// clash with the user's files). The directory is created afresh, readable by this user only: the
+/// package holds the devices' verifiers. Removed when dropped.
 struct CodeDir(PathBuf);
 
 impl CodeDir {
@@ -242,8 +368,8 @@ impl CodeDir {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
+        private_dir(&root).with_context(|| format!("creating the temp dir {}", root.display()))?;
         let dir = Self(root);
-        std::fs::create_dir_all(dir.code())?;
         zip::ZipArchive::new(std::io::Cursor::new(zip))?
             .extract(dir.code())
             .context("unpacking the authorizer package")?;
@@ -260,8 +386,46 @@ impl CodeDir {
     }
 }
 
+/// Creates `dir` with mode 0700; fails if it exists, so nobody can have prepared it.
+#[cfg(unix)]
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+#[cfg(not(unix))]
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(dir)
+}
+
 impl Drop for CodeDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_text_cannot_drive_the_terminal() {
+        let cases = [
+            ("sensor-1 on telemetry/a", "sensor-1 on telemetry/a"),
+            // Retitle the window, then clear the screen.
+            ("\x1b]0;owned\x07\x1b[2J", "\\u{1b}]0;owned\\u{7}\\u{1b}[2J"),
+            // A forged log line, and a line overwritten from its start.
+            ("a\nSTART RequestId: x", "a\\nSTART RequestId: x"),
+            ("ok\rdenied", "ok\\rdenied"),
+            // The one-byte CSI of C1, and DEL.
+            ("\u{9b}31mred\u{7f}", "\\u{9b}31mred\\u{7f}"),
+            // A right-to-left override that shows `exe.txt` as `txt.exe`.
+            ("a\u{202e}txt.exe", "a\\u{202e}txt.exe"),
+            ("INFO\tkept\ttabs", "INFO\tkept\ttabs"),
+            ("ünïcödé ✓ 温度", "ünïcödé ✓ 温度"),
+        ];
+        for (raw, shown) in cases {
+            assert_eq!(inert(raw), shown, "{raw:?}");
+        }
     }
 }

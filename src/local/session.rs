@@ -1,47 +1,63 @@
 //! One device connection, as IoT Core's gateway handles it: TLS with ALPN `mqtt`, CONNECT checked
 //! by the authorizer and `iot:Connect`, then every publish, subscribe and delivery checked against
-//! the policy the authorizer returned, until the client leaves or IoT would drop it.
+//! the policy the authorizer returned, until the client leaves or IoT would drop it. MQTT 3.1.1
+//! and 5 share this one session; codec.rs turns either wire format into its packets.
 //!
-//! What IoT does on a refusal (aws-facts §2, §8 and the issues cited there):
-//! - an unauthorized PUBLISH closes the connection and the message goes nowhere
-//!   (aws/aws-iot-device-sdk-python-v2#260: the client sees an unexpected hang-up);
-//! - an unauthorized SUBSCRIBE gets the MQTT 3.1.1 failure code 0x80 in its SUBACK for that
-//!   filter and the connection stays up, which is what IoT Core answers today; in 2017 it closed
-//!   the connection instead (aws/aws-iot-device-sdk-js#125), so clients must cope with both;
+//! What IoT does on a refusal (aws-facts §2, §8, §13 and the issues cited there):
+//! - an unauthorized PUBLISH: under 3.1.1 the connection is closed and the message goes nowhere
+//!   (aws/aws-iot-device-sdk-python-v2#260: the client sees an unexpected hang-up). Under MQTT 5,
+//!   IoT's reason-code table (developer guide, `mqtt.html`, "MQTT reason codes") lists 0x87 Not
+//!   authorized for PUBACK, so a QoS 1 publish gets PUBACK 0x87 and the connection stays; a QoS 0
+//!   publish has no PUBACK to carry it, so it gets DISCONNECT 0x87 (our choice where AWS is
+//!   silent: the client learns why rather than losing messages unnoticed);
+//! - an unauthorized SUBSCRIBE: under 3.1.1 IoT has closed the connection
+//!   (aws/aws-iot-device-sdk-js#125) and so does this gateway, before granting any filter of that
+//!   SUBSCRIBE; under MQTT 5 that filter gets SUBACK 0x87 (the table lists it for SUBACK) and the
+//!   others are granted;
 //! - a delivery the receiver may not `iot:Receive` is skipped silently.
+//!
+//! Back-pressure: the session never writes to the socket itself. It queues encoded packets for
+//! its writer task through a bounded queue, so a client that stops reading stalls only its own
+//! writer; the session's keep-alive, refresh and disconnect timers keep running. Deliveries wait
+//! in the session's own bounded queue (broker.rs), which publishers never wait on.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, Publish, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck,
-};
-use rumqttc::mqttbytes::{self, QoS, has_wildcards, valid_filter};
+use rumqttc::mqttbytes::{QoS, has_wildcards, v4, valid_filter};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::server::TlsStream;
 
 use super::ALPN;
-use super::broker::{Delivery, Gateway};
+use super::broker::{Gateway, Subscription, shared};
+use super::codec::{
+    self, Connect, Decoder, Encoded, Encoder, Filter, Hello, Incoming, Message, Outgoing, Reason,
+    Refusal, Version,
+};
 use super::iot_policy::{Decision, Policy};
 use super::lambda::{self, Login, Outcome};
+use super::limits;
 use super::response::{self, Grant, Verdict};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// IoT's limit on a message is 128 KB; the rest is room for the topic and header.
-const MAX_PACKET: usize = 128 * 1024 + 1024;
-/// How long a publisher waits for a subscriber's full queue.
-const SLOW_SUBSCRIBER: Duration = Duration::from_secs(1);
-/// IoT's keep-alive range; a client asking for 0 (none) gets the maximum.
-const KEEP_ALIVE_SECONDS: std::ops::RangeInclusive<u16> = 30..=1200;
+/// Encoded packets waiting for the writer task. Past it, QoS 0 deliveries are dropped and
+/// anything else means the client does not read what it is sent.
+const OUTBOX: usize = 1024;
+/// How long the writer may take to flush the last packets (a DISCONNECT) once a session ends.
+const FLUSH_AT_END: Duration = Duration::from_secs(1);
+/// The writer sends what is queued in writes of up to this many bytes.
+const WRITE_BATCH: usize = 64 * 1024;
 
 type Stream = TlsStream<TcpStream>;
 
@@ -65,26 +81,28 @@ async fn serve(gateway: &Gateway, tcp: TcpStream) -> Result<()> {
         );
     }
     let server_name = conn.server_name().map(str::to_string);
-    let (read, write) = tokio::io::split(tls);
+    let (read, mut write) = tokio::io::split(tls);
     let mut reader = Reader {
         stream: read,
         buf: BytesMut::new(),
     };
-    let mut writer = Writer {
-        stream: write,
-        buf: BytesMut::new(),
-    };
-    let connect = timeout(CONNECT_TIMEOUT, reader.first_connect(&mut writer))
+    let first = timeout(CONNECT_TIMEOUT, reader.first_connect(&mut write))
         .await
         .map_err(|_| anyhow!("no CONNECT within {} s", CONNECT_TIMEOUT.as_secs()))??;
     // A client that only checks the TLS handshake (as `connect` does first) is no event.
-    let Some(connect) = connect else {
+    let Some((connect, decoder)) = first else {
         return Ok(());
     };
-    let Some((session, grant)) = login(gateway, connect, server_name, &mut writer).await? else {
+    let encoder = Encoder {
+        version: connect.version,
+        client_max: connect.max_packet_size,
+    };
+    let Some((session, grant)) = login(gateway, *connect, server_name, encoder, &mut write).await?
+    else {
+        let _ = write.shutdown().await;
         return Ok(());
     };
-    session.run(grant, reader, writer).await
+    session.run(grant, reader, decoder, write).await
 }
 
 struct Reader {
@@ -92,69 +110,84 @@ struct Reader {
     buf: BytesMut,
 }
 
+enum ReadError {
+    /// The connection ended or failed.
+    Closed(String),
+    /// The client sent something the server refuses; MQTT 5 is told the reason.
+    Refused(Refusal),
+}
+
 impl Reader {
     /// The next packet. Cancel-safe: bytes read so far stay in `buf`.
-    async fn next(&mut self) -> Result<Packet> {
+    async fn next(&mut self, decoder: &mut Decoder) -> Result<Incoming, ReadError> {
         loop {
-            match Packet::read(&mut self.buf, MAX_PACKET) {
-                Ok(packet) => return Ok(packet),
-                Err(mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => bail!("malformed MQTT packet: {e}"),
+            if let Some(packet) = decoder.decode(&mut self.buf).map_err(ReadError::Refused)? {
+                return Ok(packet);
             }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                bail!("the client closed the connection");
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => return Err(ReadError::Closed("the client closed the connection".into())),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Closed(format!("reading failed: {e}"))),
             }
         }
     }
 
     /// The CONNECT that must open a session, or `None` if the client left without sending
-    /// anything. MQTT 5 clients are told, in the way MQTT 3.1.1 allows, that their protocol
-    /// level is not served.
-    async fn first_connect(&mut self, writer: &mut Writer) -> Result<Option<Connect>> {
-        while mqttbytes::check(self.buf.iter(), MAX_PACKET).is_err() {
+    /// anything. A protocol level the gateway does not speak gets a 3.1.1 CONNACK 0x01
+    /// (unacceptable protocol version), which clients of every version can read.
+    async fn first_connect(
+        &mut self,
+        write: &mut WriteHalf<Stream>,
+    ) -> Result<Option<(Box<Connect>, Decoder)>> {
+        let version = loop {
+            match codec::hello(&self.buf) {
+                Hello::Connect(version) => break version,
+                Hello::UnknownLevel(level) => {
+                    let refused =
+                        v4::ConnAck::new(v4::ConnectReturnCode::RefusedProtocolVersion, false);
+                    let mut buf = BytesMut::new();
+                    v4::Packet::ConnAck(refused).write(&mut buf, usize::MAX)?;
+                    write.write_all(&buf).await?;
+                    write.flush().await?;
+                    bail!(
+                        "connection refused: MQTT protocol level {level} is not served; \
+                         connect with MQTT 3.1.1 (level 4) or 5"
+                    );
+                }
+                Hello::NotConnect(why) => bail!("connection refused: {why}"),
+                Hello::Incomplete => {}
+            }
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
                 bail!("the client closed the connection inside its first packet");
             }
-            if self.buf.len() > MAX_PACKET {
-                bail!("malformed first packet");
-            }
-        }
-        if connect_protocol_level(&self.buf) == Some(5) {
-            let refused = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-            writer.send(Packet::ConnAck(refused)).await?;
-            bail!("connection refused: MQTT 5 is not served locally; connect with MQTT 3.1.1");
-        }
-        match self.next().await? {
-            Packet::Connect(connect) => Ok(Some(connect)),
-            other => bail!("the first packet was {other:?}, not CONNECT"),
+        };
+        let mut decoder = Decoder::new(version);
+        match self.next(&mut decoder).await {
+            Ok(Incoming::Connect(connect)) => Ok(Some((connect, decoder))),
+            Ok(_) => bail!("the first packet was not CONNECT"),
+            Err(ReadError::Closed(why)) => bail!("{why}"),
+            Err(ReadError::Refused(refusal)) => bail!("malformed CONNECT: {}", refusal.why),
         }
     }
 }
 
-/// The protocol level byte of a framed CONNECT: after the fixed header and the protocol name.
-fn connect_protocol_level(frame: &[u8]) -> Option<u8> {
-    if frame.first()? >> 4 != 1 {
-        return None;
+/// Writes `packet` straight to the socket: only for the CONNACK, before the writer task runs.
+async fn send_now(write: &mut WriteHalf<Stream>, encoder: Encoder, packet: Outgoing) -> Result<()> {
+    let mut buf = BytesMut::new();
+    if encoder.encode(packet, &mut buf) == Encoded::Written {
+        write.write_all(&buf).await?;
+        write.flush().await?;
     }
-    let length_bytes = frame[1..].iter().take(4).position(|b| b & 0x80 == 0)? + 1;
-    frame.get(1 + length_bytes + 6).copied()
+    Ok(())
 }
 
-struct Writer {
-    stream: WriteHalf<Stream>,
-    buf: BytesMut,
-}
-
-impl Writer {
-    async fn send(&mut self, packet: Packet) -> Result<()> {
-        packet.write(&mut self.buf, usize::MAX)?;
-        self.stream.write_all(&self.buf).await?;
-        self.buf.clear();
-        Ok(self.stream.flush().await?)
-    }
+/// Why a login is refused: what the client is told (3.1.1 maps it, codec.rs) and the log.
+struct Refused {
+    reason: Reason,
+    why: String,
 }
 
 /// Runs the authorizer for a CONNECT and answers it; `None` when the connection was refused.
@@ -162,33 +195,60 @@ async fn login<'g>(
     gateway: &'g Gateway,
     connect: Connect,
     server_name: Option<String>,
-    writer: &mut Writer,
+    encoder: Encoder,
+    write: &mut WriteHalf<Stream>,
 ) -> Result<Option<(Session<'g>, Grant)>> {
     let event = login_event(&connect, server_name.as_deref());
     let who = format!(
-        "client {:?} (user {:?})",
+        "{} client {:?} (user {:?})",
+        connect.version.name(),
         connect.client_id,
-        event["protocolData"]["mqtt"]["username"]
-            .as_str()
-            .unwrap_or_default()
+        connect.username.as_deref().unwrap_or_default()
     );
-    let (grant, policy) = match authorize(gateway, &event, &connect.client_id).await {
+    let checked = match check_connect(gateway, &connect) {
+        Ok(()) => authorize(gateway, &event, &connect.client_id).await,
+        Err(refused) => Err(refused),
+    };
+    let (grant, policy) = match checked {
         Ok(authorized) => authorized,
-        Err(reason) => {
-            let refused = ConnAck::new(ConnectReturnCode::NotAuthorized, false);
-            writer.send(Packet::ConnAck(refused)).await?;
-            let console = gateway.console;
-            console.line(format!("CONNECT {who} refused: {reason}"));
+        Err(refused) => {
+            let properties =
+                (connect.version == Version::V5).then(|| codec::refused_because(&refused.why));
+            let connack = Outgoing::ConnAck {
+                session_present: false,
+                reason: refused.reason,
+                properties,
+            };
+            send_now(write, encoder, connack).await?;
+            gateway.console.line(format!(
+                "CONNECT {who} refused (reason 0x{:02X}): {}",
+                refused.reason.code(),
+                refused.why
+            ));
             return Ok(None);
         }
     };
-    let session = Session::new(gateway, connect, policy, event);
-    let accepted = ConnAck::new(ConnectReturnCode::Success, false);
-    writer.send(Packet::ConnAck(accepted)).await?;
+    let requested = connect.keep_alive;
+    let (session, session_present) = Session::new(gateway, connect, policy, event, encoder);
+    // MQTT 5 is told when its keep-alive was changed to fit IoT's range.
+    let keep_alive = session.keep_alive.as_secs() as u16;
+    let properties = (encoder.version == Version::V5)
+        .then(|| codec::announced((keep_alive != requested).then_some(keep_alive)));
+    let accepted = Outgoing::ConnAck {
+        session_present,
+        reason: Reason::Success,
+        properties,
+    };
+    send_now(write, encoder, accepted).await?;
     let console = gateway.console;
     console.line(format!(
-        "CONNECT {who} accepted: principal {}",
-        grant.principal_id
+        "CONNECT {who} accepted: principal {}{}",
+        grant.principal_id,
+        if session_present {
+            ", persistent session resumed"
+        } else {
+            ""
+        }
     ));
     if session.policy.has_conditions {
         console.line(
@@ -199,17 +259,71 @@ async fn login<'g>(
     Ok(Some((session, grant)))
 }
 
+/// What IoT refuses before any authorizer runs: its protocol limits, and a username asking for
+/// an authorizer this deployment does not have.
+fn check_connect(gateway: &Gateway, connect: &Connect) -> Result<(), Refused> {
+    if connect.client_id.len() > limits::CLIENT_ID_BYTES {
+        return Err(Refused {
+            reason: Reason::ClientIdNotValid,
+            why: format!(
+                "the client ID has {} bytes; IoT allows at most {}",
+                connect.client_id.len(),
+                limits::CLIENT_ID_BYTES
+            ),
+        });
+    }
+    if let Some(will) = &connect.will
+        && will.qos == QoS::ExactlyOnce
+    {
+        return Err(Refused {
+            reason: Reason::QosNotSupported,
+            why: "a last will with QoS 2; IoT supports QoS 0 and 1".into(),
+        });
+    }
+    match authorizer_named(connect.username.as_deref()) {
+        Some(name) if name == gateway.authorizer => Ok(()),
+        Some(name) => Err(Refused {
+            reason: Reason::NotAuthorized,
+            why: format!(
+                "the username asks for authorizer {name:?}, which does not exist here (this \
+                 gateway serves {:?}); IoT refuses an unknown authorizer without invoking any",
+                gateway.authorizer
+            ),
+        }),
+        None if gateway.default_authorizer => Ok(()),
+        None => Err(Refused {
+            reason: Reason::NotAuthorized,
+            why: format!(
+                "the username names no authorizer and there is no default authorizer \
+                 (default_authorizer = false or --no-default), so IoT would try certificate \
+                 authentication, which this connection has not; append \
+                 ?x-amz-customauthorizer-name={} to the username",
+                urlencoding::encode(&gateway.authorizer)
+            ),
+        }),
+    }
+}
+
+/// The authorizer a username asks for, as IoT reads it: the `x-amz-customauthorizer-name`
+/// parameter of the query after the first `?`, URL-decoded. Other parameters (the SDKs'
+/// `SDK=…&Platform=…&Metadata=(…)`) are ignored.
+fn authorizer_named(username: Option<&str>) -> Option<String> {
+    let (_, query) = username?.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "x-amz-customauthorizer-name").then(|| match urlencoding::decode(value) {
+            Ok(name) => name.into_owned(),
+            Err(_) => value.to_string(),
+        })
+    })
+}
+
 /// The authorizer event for a CONNECT; empty username and password count as not sent.
 fn login_event(connect: &Connect, server_name: Option<&str>) -> Value {
-    let credentials = connect.login.as_ref();
     let connection_id = uuid::Uuid::new_v4().to_string();
     lambda::mqtt_event(&Login {
-        username: credentials
-            .map(|l| l.username.as_str())
-            .filter(|u| !u.is_empty()),
-        password: credentials
-            .map(|l| l.password.as_bytes())
-            .filter(|p| !p.is_empty()),
+        username: connect.username.as_deref().filter(|u| !u.is_empty()),
+        password: connect.password.as_deref().filter(|p| !p.is_empty()),
         client_id: &connect.client_id,
         server_name,
         connection_id: &connection_id,
@@ -222,20 +336,36 @@ async fn authorize(
     gateway: &Gateway,
     event: &Value,
     client_id: &str,
-) -> Result<(Grant, Policy), String> {
+) -> Result<(Grant, Policy), Refused> {
+    let not_authorized = |why: String| Refused {
+        reason: Reason::NotAuthorized,
+        why,
+    };
     let response = match gateway.lambda.invoke(event.clone()).await {
         Outcome::Returned(response) => response,
-        Outcome::Failed(why) => return Err(format!("the authorizer failed: {why}")),
+        Outcome::Failed(why) => {
+            return Err(not_authorized(format!("the authorizer failed: {why}")));
+        }
     };
     let grant = match response::validate(&response) {
         Ok(Verdict::Granted(grant)) => grant,
-        Ok(Verdict::Denied) => return Err("the authorizer returned isAuthenticated: false".into()),
-        Err(why) => return Err(format!("invalid authorizer response: {why}")),
+        // The authorizer's "no" is about the credentials: MQTT 5's 0x86.
+        Ok(Verdict::Denied) => {
+            return Err(Refused {
+                reason: Reason::BadUsernameOrPassword,
+                why: "the authorizer returned isAuthenticated: false".into(),
+            });
+        }
+        Err(why) => {
+            return Err(not_authorized(format!(
+                "invalid authorizer response: {why}"
+            )));
+        }
     };
     let policy = Policy::compile(&grant.documents, client_id)
-        .map_err(|why| format!("invalid authorizer response: {why}"))?;
+        .map_err(|why| not_authorized(format!("invalid authorizer response: {why}")))?;
     let resource = format!("{}:client/{client_id}", gateway.arn_prefix);
-    check(&policy, "iot:Connect", &resource)?;
+    check(&policy, "iot:Connect", &resource).map_err(not_authorized)?;
     Ok((grant, policy))
 }
 
@@ -251,164 +381,332 @@ fn check(policy: &Policy, action: &str, resource: &str) -> Result<(), String> {
 struct Session<'g> {
     gateway: &'g Gateway,
     client_id: String,
+    version: Version,
+    encoder: Encoder,
     connection: u64,
-    deliveries: tokio::sync::mpsc::Receiver<Delivery>,
-    takeover: tokio::sync::oneshot::Receiver<()>,
+    deliveries: mpsc::Receiver<Message>,
+    takeover: oneshot::Receiver<()>,
+    overflow: Arc<Notify>,
+    /// Encoded packets for the writer task; `None` once the session has ended.
+    outbox: Option<mpsc::Sender<Bytes>>,
     policy: Policy,
     /// Sent again on every refresh.
     event: Value,
-    will: Option<LastWill>,
-    idle_limit: Duration,
+    will: Option<Message>,
+    keep_alive: Duration,
+    /// How long the session outlives the connection (0: not at all).
+    session_expiry: Duration,
+    /// QoS 1 deliveries not yet acknowledged, by packet ID.
+    inflight: HashMap<u16, Message>,
+    inflight_max: usize,
+    /// Deliveries waiting for room in flight: a resumed session's queue, retained messages.
+    backlog: VecDeque<Message>,
     next_packet_id: u16,
+    buf: BytesMut,
 }
 
 /// What a step of the session loop decided.
 enum Step {
     Continue,
-    /// The client sent DISCONNECT: no will.
-    Clean,
-    /// The connection ends for this reason and the will, if any, is published.
-    Close(String),
+    /// The client sent DISCONNECT; with MQTT 5's "disconnect with will message" the will still
+    /// goes out.
+    Clean {
+        with_will: bool,
+    },
+    /// The connection ends for this reason (told to an MQTT 5 client when `reason` is set) and
+    /// the will, if any, is published.
+    Close {
+        reason: Option<Reason>,
+        why: String,
+    },
+}
+
+fn close(reason: Reason, why: impl Into<String>) -> Step {
+    Step::Close {
+        reason: Some(reason),
+        why: why.into(),
+    }
 }
 
 impl<'g> Session<'g> {
-    /// Joins the registry (closing an older connection with the same client ID).
-    fn new(gateway: &'g Gateway, connect: Connect, policy: Policy, event: Value) -> Self {
-        let membership = gateway.registry.join(&connect.client_id);
+    /// Joins the registry (closing an older connection with the same client ID, resuming its
+    /// session unless the client asked for a clean one).
+    fn new(
+        gateway: &'g Gateway,
+        connect: Connect,
+        policy: Policy,
+        event: Value,
+        encoder: Encoder,
+    ) -> (Self, bool) {
+        let membership = gateway
+            .registry
+            .join(&connect.client_id, connect.clean_start);
+        let range = limits::KEEP_ALIVE_SECONDS;
         let keep_alive = match connect.keep_alive {
-            0 => *KEEP_ALIVE_SECONDS.end(),
-            k => k.clamp(*KEEP_ALIVE_SECONDS.start(), *KEEP_ALIVE_SECONDS.end()),
+            0 => *range.end(),
+            k => k.clamp(*range.start(), *range.end()),
         };
-        Self {
+        let session = Self {
             gateway,
             client_id: connect.client_id,
+            version: connect.version,
+            encoder,
             connection: membership.connection,
             deliveries: membership.deliveries,
             takeover: membership.takeover,
+            overflow: membership.overflow,
+            outbox: None,
             policy,
             event,
-            will: connect.last_will,
-            // MQTT: the server must hear from the client within 1.5 keep-alive periods.
-            idle_limit: Duration::from_secs(u64::from(keep_alive)) * 3 / 2,
+            will: connect.will,
+            keep_alive: Duration::from_secs(u64::from(keep_alive)),
+            session_expiry: connect.session_expiry.min(limits::SESSION_EXPIRY),
+            inflight: HashMap::new(),
+            inflight_max: usize::from(connect.receive_maximum.min(limits::INFLIGHT)),
+            backlog: membership.queued.into(),
             next_packet_id: 0,
-        }
+            buf: BytesMut::new(),
+        };
+        (session, membership.session_present)
     }
 
-    /// Serves the session to its end, then leaves the registry and, unless the client said
-    /// DISCONNECT, publishes its will.
-    async fn run(mut self, grant: Grant, reader: Reader, writer: Writer) -> Result<()> {
-        let end = self.serve(grant, reader, writer).await;
+    /// Serves the session to its end, then leaves the registry (keeping a persistent session)
+    /// and, unless the client said DISCONNECT, publishes its will.
+    async fn run(
+        mut self,
+        grant: Grant,
+        reader: Reader,
+        decoder: Decoder,
+        write: WriteHalf<Stream>,
+    ) -> Result<()> {
+        let (outbox, queue) = mpsc::channel(OUTBOX);
+        self.outbox = Some(outbox);
+        // The writer may take at most a keep-alive period over one write: a client that reads
+        // nothing for that long is gone.
+        let mut writer = tokio::spawn(write_loop(write, queue, self.keep_alive));
+        let end = self.serve(grant, reader, decoder, &mut writer).await;
+        if let Step::Close {
+            reason: Some(reason),
+            why,
+        } = &end
+        {
+            self.send_control(Outgoing::Disconnect {
+                reason: *reason,
+                why: why.clone(),
+            });
+        }
+        // Let the writer flush what is queued (a SUBACK, the DISCONNECT), then end it.
+        self.outbox = None;
+        // A finished writer's result may already have been taken by the session loop.
+        if !writer.is_finished() && timeout(FLUSH_AT_END, &mut writer).await.is_err() {
+            writer.abort();
+        }
+        let unacked = self.inflight.drain().map(|(_, m)| m);
+        let mut unacked: Vec<Message> = unacked.chain(self.backlog.drain(..)).collect();
+        unacked.retain(|m| m.qos == QoS::AtLeastOnce);
         let registry = &self.gateway.registry;
-        registry.leave(&self.client_id, self.connection);
-        let clean = matches!(end, Ok(None));
-        let reason = match end {
-            Ok(None) => "sent DISCONNECT".to_string(),
-            Ok(Some(reason)) => reason,
-            Err(e) => format!("{e:#}"),
+        registry.leave(
+            &self.client_id,
+            self.connection,
+            self.session_expiry,
+            unacked,
+        );
+        let (publish_will, reason) = match end {
+            Step::Clean { with_will } => (with_will, "sent DISCONNECT".to_string()),
+            Step::Close { why, .. } => (true, why),
+            Step::Continue => (true, String::new()),
         };
-        if !clean {
-            self.publish_will().await;
+        if publish_will {
+            self.publish_will();
         }
         self.log(format!("disconnected: {reason}"));
         Ok(())
     }
 
-    /// The session loop; `Ok(None)` for a clean DISCONNECT, else why it ended.
+    /// The session loop, until a step ends it.
     async fn serve(
         &mut self,
         grant: Grant,
         mut reader: Reader,
-        mut writer: Writer,
-    ) -> Result<Option<String>> {
+        mut decoder: Decoder,
+        writer: &mut JoinHandle<Result<(), String>>,
+    ) -> Step {
         let started = Instant::now();
         let disconnect_at = started + grant.disconnect_after;
         let mut refresh_at = started + grant.refresh_after;
         let mut last_heard = started;
+        let idle_limit = self.keep_alive * 3 / 2;
+        let overflow = self.overflow.clone();
         loop {
+            while self.inflight.len() < self.inflight_max {
+                let Some(message) = self.backlog.pop_front() else {
+                    break;
+                };
+                if let Step::Close { reason, why } = self.deliver(message) {
+                    return Step::Close { reason, why };
+                }
+            }
+            let room = self.inflight.len() < self.inflight_max && self.backlog.is_empty();
             let step = tokio::select! {
-                packet = reader.next() => {
+                packet = reader.next(&mut decoder) => {
                     last_heard = Instant::now();
                     match packet {
-                        Ok(packet) => self.handle(packet, &mut writer).await?,
-                        Err(e) => Step::Close(format!("{e:#}")),
+                        Ok(packet) => self.handle(packet),
+                        Err(ReadError::Closed(why)) => Step::Close { reason: None, why },
+                        Err(ReadError::Refused(r)) => close(r.reason, r.why),
                     }
                 }
-                Some(delivery) = self.deliveries.recv() => {
-                    self.deliver(delivery, &mut writer).await?;
-                    Step::Continue
-                }
-                _ = &mut self.takeover => {
-                    Step::Close("a new connection with the same client ID took over".into())
-                }
+                Some(message) = self.deliveries.recv(), if room => self.deliver(message),
+                _ = &mut self.takeover => close(
+                    Reason::SessionTakenOver,
+                    "a new connection with the same client ID took over",
+                ),
+                _ = overflow.notified() => close(
+                    Reason::QuotaExceeded,
+                    format!(
+                        "the client did not keep up: {} deliveries were waiting for it",
+                        limits::DELIVERY_QUEUE
+                    ),
+                ),
+                written = &mut *writer => Step::Close {
+                    reason: None,
+                    why: match written {
+                        Ok(Err(why)) => why,
+                        _ => "the connection's writer stopped".into(),
+                    },
+                },
                 _ = sleep_until(refresh_at) => self.refresh(&mut refresh_at).await,
-                _ = sleep_until(disconnect_at) => {
-                    Step::Close("disconnectAfterInSeconds has passed".into())
-                }
-                _ = sleep_until(last_heard + self.idle_limit) => {
-                    Step::Close("nothing heard within 1.5 keep-alive periods".into())
-                }
+                _ = sleep_until(disconnect_at) => close(
+                    Reason::NotAuthorized,
+                    "disconnectAfterInSeconds has passed",
+                ),
+                _ = sleep_until(last_heard + idle_limit) => close(
+                    Reason::KeepAliveTimeout,
+                    "nothing heard within 1.5 keep-alive periods",
+                ),
             };
-            match step {
-                Step::Continue => {}
-                Step::Clean => return Ok(None),
-                Step::Close(reason) => return Ok(Some(reason)),
+            if !matches!(step, Step::Continue) {
+                return step;
             }
         }
     }
 
-    async fn handle(&mut self, packet: Packet, writer: &mut Writer) -> Result<Step> {
+    fn handle(&mut self, packet: Incoming) -> Step {
         match packet {
-            Packet::Publish(publish) => self.publish(publish, writer).await,
-            Packet::Subscribe(subscribe) => self.subscribe(subscribe, writer).await,
-            Packet::Unsubscribe(unsubscribe) => {
-                for filter in &unsubscribe.topics {
-                    let registry = &self.gateway.registry;
+            Incoming::Publish(message) => self.publish(message),
+            Incoming::Subscribe { pkid, filters } => self.subscribe(pkid, filters),
+            Incoming::Unsubscribe { pkid, filters } => {
+                let registry = &self.gateway.registry;
+                for filter in &filters {
                     registry.unsubscribe(&self.client_id, self.connection, filter);
                 }
-                writer
-                    .send(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
-                    .await?;
-                Ok(Step::Continue)
+                let count = filters.len();
+                self.send_control(Outgoing::UnsubAck { pkid, count })
             }
-            Packet::PingReq => {
-                writer.send(Packet::PingResp).await?;
-                Ok(Step::Continue)
+            Incoming::PingReq => self.send_control(Outgoing::PingResp),
+            Incoming::PubAck(pkid) => {
+                self.inflight.remove(&pkid);
+                Step::Continue
             }
-            // Acknowledgements of our QoS 1 deliveries: nothing is redelivered, so nothing to do.
-            Packet::PubAck(_) => Ok(Step::Continue),
-            Packet::Disconnect => Ok(Step::Clean),
-            other => Ok(Step::Close(format!("protocol error: unexpected {other:?}"))),
+            Incoming::Disconnect {
+                with_will,
+                session_expiry,
+            } => {
+                if let Some(seconds) = session_expiry {
+                    // MQTT 5 §3.14.2.2.2: a session that had no expiry cannot be given one now.
+                    if self.session_expiry.is_zero() && seconds > 0 {
+                        return close(
+                            Reason::ProtocolError,
+                            "DISCONNECT set a session expiry on a session that had none",
+                        );
+                    }
+                    self.session_expiry =
+                        Duration::from_secs(u64::from(seconds)).min(limits::SESSION_EXPIRY);
+                }
+                Step::Clean { with_will }
+            }
+            // Never the packet itself: a second CONNECT carries a password.
+            Incoming::Connect(_) => close(
+                Reason::ProtocolError,
+                "protocol error: a second CONNECT on a logged-in connection",
+            ),
+            Incoming::Unexpected(kind) => close(
+                Reason::ProtocolError,
+                format!("protocol error: the client sent {kind}"),
+            ),
         }
     }
 
-    async fn publish(&mut self, publish: Publish, writer: &mut Writer) -> Result<Step> {
-        if publish.qos == QoS::ExactlyOnce {
-            return Ok(Step::Close(
-                "QoS 2 publish (IoT supports QoS 0 and 1)".into(),
+    fn publish(&mut self, mut message: Message) -> Step {
+        if message.qos == QoS::ExactlyOnce {
+            return close(
+                Reason::QosNotSupported,
+                format!(
+                    "QoS 2 PUBLISH to {} (IoT supports QoS 0 and 1)",
+                    message.topic
+                ),
+            );
+        }
+        if message.payload.len() > limits::PAYLOAD_BYTES {
+            return close(
+                Reason::PacketTooLarge,
+                format!(
+                    "a PUBLISH payload of {} bytes; IoT allows at most {}",
+                    message.payload.len(),
+                    limits::PAYLOAD_BYTES
+                ),
+            );
+        }
+        let topic_ok = if message.topic.is_empty() || has_wildcards(&message.topic) {
+            Err("not a valid topic name".to_string())
+        } else {
+            limits::check_topic(&message.topic)
+        };
+        if let Err(why) = topic_ok {
+            return self.refuse_publish(&message, Reason::TopicNameInvalid, &why);
+        }
+        if let Err(why) = self.may_publish(&message.topic, message.retain) {
+            return self.refuse_publish(&message, Reason::NotAuthorized, &why);
+        }
+        let registry = &self.gateway.registry;
+        if message.retain {
+            registry.retain(&message);
+        }
+        let pkid = message.pkid;
+        let qos = message.qos;
+        // Current subscribers get a plain message (MQTT: retain is set only for stored ones).
+        message.retain = false;
+        let routed = registry.route(&message, &self.client_id);
+        if routed.dropped > 0 {
+            self.log(format!(
+                "a message on {} was dropped for {} subscriber(s) that did not keep up",
+                message.topic, routed.dropped
             ));
         }
-        if publish.topic.is_empty() || has_wildcards(&publish.topic) {
-            return Ok(Step::Close(format!(
-                "invalid topic name {:?} in PUBLISH",
-                publish.topic
-            )));
+        if qos == QoS::AtLeastOnce {
+            return self.send_control(Outgoing::PubAck {
+                pkid,
+                reason: Reason::Success,
+            });
         }
-        if let Err(why) = self.may_publish(&publish.topic, publish.retain) {
-            return Ok(Step::Close(format!(
-                "PUBLISH to {} not authorized ({why}); the message was dropped",
-                publish.topic
-            )));
+        Step::Continue
+    }
+
+    /// MQTT 5 answers a refused QoS 1 PUBLISH in its PUBACK; otherwise the connection closes.
+    fn refuse_publish(&mut self, message: &Message, reason: Reason, why: &str) -> Step {
+        let what = format!(
+            "PUBLISH to {} refused (0x{:02X}): {why}; the message was dropped",
+            message.topic,
+            reason.code()
+        );
+        if self.version == Version::V5 && message.qos == QoS::AtLeastOnce {
+            self.log(what);
+            return self.send_control(Outgoing::PubAck {
+                pkid: message.pkid,
+                reason,
+            });
         }
-        // Retained messages are not stored here: a retained publish reaches current subscribers
-        // only, as a plain message.
-        self.route(&publish.topic, &publish.payload, publish.qos)
-            .await;
-        if publish.qos == QoS::AtLeastOnce {
-            writer
-                .send(Packet::PubAck(PubAck::new(publish.pkid)))
-                .await?;
-        }
-        Ok(Step::Continue)
+        close(reason, what)
     }
 
     fn may_publish(&self, topic: &str, retain: bool) -> Result<(), String> {
@@ -420,66 +718,178 @@ impl<'g> Session<'g> {
         Ok(())
     }
 
-    /// IoT disconnects a client that subscribes outside its policy rather than answering
-    /// SUBACK 0x80 (aws/aws-iot-device-sdk-js#125), so every filter is checked before any is
-    /// granted and one refusal closes the connection.
-    async fn subscribe(&mut self, subscribe: Subscribe, writer: &mut Writer) -> Result<Step> {
-        for filter in &subscribe.filters {
-            if let Err(why) = self.may_subscribe(&filter.path) {
-                return Ok(Step::Close(format!(
-                    "SUBSCRIBE to {:?} refused: {why}",
-                    filter.path
-                )));
+    fn subscribe(&mut self, pkid: u16, filters: Vec<Filter>) -> Step {
+        if filters.len() > limits::FILTERS_PER_SUBSCRIBE {
+            self.log(format!(
+                "SUBSCRIBE with {} filters refused: IoT allows at most {} per SUBSCRIBE",
+                filters.len(),
+                limits::FILTERS_PER_SUBSCRIBE
+            ));
+            let codes = vec![Err(Reason::QuotaExceeded); filters.len()];
+            return self.send_control(Outgoing::SubAck { pkid, codes });
+        }
+        // Under 3.1.1, IoT closes the connection on a refused filter before granting any.
+        if self.version == Version::V311 {
+            for filter in &filters {
+                if let Err((_, why)) = self.may_subscribe(&filter.path) {
+                    return Step::Close {
+                        reason: None,
+                        why: format!("SUBSCRIBE to {} refused: {why}", filter.path),
+                    };
+                }
             }
         }
-        let codes = subscribe
-            .filters
-            .iter()
-            .map(|f| self.subscribe_one(&f.path, f.qos))
-            .collect();
-        writer
-            .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
-            .await?;
-        Ok(Step::Continue)
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for filter in filters {
+            let code = self.subscribe_one(&filter);
+            if let Ok((qos, new)) = code {
+                // MQTT 5 retain handling: 0 always, 1 only for a new subscription, 2 never.
+                // Shared subscriptions get no retained messages (MQTT 5 §4.8.2).
+                let wanted = match filter.retain_handling {
+                    0 => true,
+                    1 => new,
+                    _ => false,
+                };
+                if wanted && shared(&filter.path).is_none() {
+                    retained.push((filter.path, qos));
+                }
+            }
+            codes.push(code.map(|(qos, _)| qos));
+        }
+        let step = self.send_control(Outgoing::SubAck { pkid, codes });
+        let registry = &self.gateway.registry;
+        for (filter, granted) in retained {
+            for mut message in registry.retained(&filter) {
+                if granted == QoS::AtMostOnce {
+                    message.qos = QoS::AtMostOnce;
+                }
+                message.retain = true;
+                self.backlog.push_back(message);
+            }
+        }
+        step
     }
 
-    fn may_subscribe(&self, filter: &str) -> Result<(), String> {
-        if !valid_filter(filter) {
-            return Err("invalid topic filter".into());
+    /// Grants one filter: `Ok((granted QoS, new subscription))` or the reason it is refused.
+    fn subscribe_one(&mut self, filter: &Filter) -> Result<(QoS, bool), Reason> {
+        if let Err((reason, why)) = self.may_subscribe(&filter.path) {
+            self.log(format!(
+                "SUBSCRIBE to {} refused (0x{:02X}): {why}",
+                filter.path,
+                reason.code()
+            ));
+            return Err(reason);
         }
+        // IoT has no QoS 2; a QoS 2 subscription is granted QoS 1.
+        let granted = if filter.qos == QoS::AtMostOnce {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let subscription = Subscription {
+            qos: granted,
+            no_local: filter.no_local,
+        };
+        let registry = &self.gateway.registry;
+        match registry.subscribe(&self.client_id, self.connection, &filter.path, subscription) {
+            Ok(new) => Ok((granted, new)),
+            Err(()) => {
+                self.log(format!(
+                    "SUBSCRIBE to {} refused: the connection has IoT's maximum of {} \
+                     subscriptions",
+                    filter.path,
+                    limits::SUBSCRIPTIONS_PER_CONNECTION
+                ));
+                Err(Reason::QuotaExceeded)
+            }
+        }
+    }
+
+    /// A shared subscription `$share/group/filter` is checked as IoT checks it: `iot:Subscribe`
+    /// on `topicfilter/$share/group/filter`, the whole filter as subscribed.
+    fn may_subscribe(&self, filter: &str) -> Result<(), (Reason, String)> {
+        let path = match shared(filter) {
+            Some((group, path)) if !group.is_empty() && !has_wildcards(group) => path,
+            Some(_) => return Err((Reason::TopicFilterInvalid, "invalid share name".into())),
+            None => filter,
+        };
+        if path.is_empty() || !valid_filter(path) {
+            return Err((Reason::TopicFilterInvalid, "invalid topic filter".into()));
+        }
+        limits::check_topic(path).map_err(|why| (Reason::TopicFilterInvalid, why))?;
         check(
             &self.policy,
             "iot:Subscribe",
             &self.arn("topicfilter", filter),
         )
+        .map_err(|why| (Reason::NotAuthorized, why))
     }
 
-    fn subscribe_one(&self, filter: &str, qos: QoS) -> SubscribeReasonCode {
-        // IoT has no QoS 2; a QoS 2 subscription is granted QoS 1.
-        let granted = if qos == QoS::AtMostOnce {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
-        let registry = &self.gateway.registry;
-        registry.subscribe(&self.client_id, self.connection, filter, granted);
-        SubscribeReasonCode::Success(granted)
-    }
-
-    async fn deliver(&mut self, delivery: Delivery, writer: &mut Writer) -> Result<()> {
-        let resource = self.arn("topic", &delivery.topic);
+    /// Sends a message this session receives, if its policy allows `iot:Receive`.
+    fn deliver(&mut self, mut message: Message) -> Step {
+        let resource = self.arn("topic", &message.topic);
         if let Err(why) = check(&self.policy, "iot:Receive", &resource) {
-            self.log(format!(
-                "message on {} not delivered: {why}",
-                delivery.topic
-            ));
-            return Ok(());
+            self.log(format!("message on {} not delivered: {why}", message.topic));
+            return Step::Continue;
         }
-        let mut publish = Publish::from_bytes(delivery.topic, delivery.qos, delivery.payload);
-        if delivery.qos == QoS::AtLeastOnce {
-            publish.pkid = self.packet_id();
+        if message.expires.is_some_and(|e| e <= Instant::now()) {
+            return Step::Continue;
         }
-        writer.send(Packet::Publish(publish)).await
+        if message.qos == QoS::AtLeastOnce {
+            message.pkid = self.packet_id();
+            self.inflight.insert(message.pkid, message.clone());
+        } else {
+            message.pkid = 0;
+        }
+        let qos = message.qos;
+        let pkid = message.pkid;
+        let topic = message.topic.clone();
+        self.buf.clear();
+        match self
+            .encoder
+            .encode(Outgoing::Publish(message), &mut self.buf)
+        {
+            Encoded::Written => {}
+            Encoded::TooLarge | Encoded::Unsayable => {
+                self.inflight.remove(&pkid);
+                self.log(format!(
+                    "message on {topic} not delivered: larger than the client's maximum packet \
+                     size"
+                ));
+                return Step::Continue;
+            }
+        }
+        let packet = self.buf.split().freeze();
+        match self.outbox.as_ref().map(|o| o.try_send(packet)) {
+            Some(Ok(())) | None => Step::Continue,
+            Some(Err(TrySendError::Full(_))) if qos == QoS::AtMostOnce => Step::Continue,
+            Some(Err(TrySendError::Full(_))) => self.not_reading(),
+            Some(Err(TrySendError::Closed(_))) => Step::Continue,
+        }
+    }
+
+    /// Queues an acknowledgement or other control packet for the writer. A packet 3.1.1 cannot
+    /// carry (a PUBACK or DISCONNECT with a reason) is not sent; the caller closes instead.
+    fn send_control(&mut self, packet: Outgoing) -> Step {
+        self.buf.clear();
+        if self.encoder.encode(packet, &mut self.buf) != Encoded::Written {
+            return Step::Continue;
+        }
+        let packet = self.buf.split().freeze();
+        match self.outbox.as_ref().map(|o| o.try_send(packet)) {
+            Some(Err(TrySendError::Full(_))) => self.not_reading(),
+            _ => Step::Continue,
+        }
+    }
+
+    fn not_reading(&self) -> Step {
+        Step::Close {
+            reason: None,
+            why: format!(
+                "the client does not read what it is sent ({OUTBOX} packets waiting for it)"
+            ),
+        }
     }
 
     /// IoT re-invokes the authorizer every `refreshAfterInSeconds` and drops a connection it now
@@ -492,48 +902,38 @@ impl<'g> Session<'g> {
                 *refresh_at = Instant::now() + grant.refresh_after;
                 Step::Continue
             }
-            Err(why) => Step::Close(format!("refresh refused: {why}")),
-        }
-    }
-
-    /// Queues a message for every subscriber. A full queue makes the publisher wait (so a burst
-    /// is slowed down, not lost) but only for so long: a client that stopped reading loses the
-    /// message instead of holding up every publisher.
-    async fn route(&self, topic: &str, payload: &Bytes, qos: QoS) {
-        for (queue, qos) in self.gateway.registry.recipients(topic, qos) {
-            let delivery = Delivery {
-                topic: topic.to_string(),
-                payload: payload.clone(),
-                qos,
-            };
-            let Err(TrySendError::Full(delivery)) = queue.try_send(delivery) else {
-                continue;
-            };
-            if timeout(SLOW_SUBSCRIBER, queue.send(delivery))
-                .await
-                .is_err()
-            {
-                self.log(format!(
-                    "a subscriber has not read for {} s: a message on {topic} was dropped for it",
-                    SLOW_SUBSCRIBER.as_secs()
-                ));
-            }
+            Err(refused) => close(
+                Reason::NotAuthorized,
+                format!("refresh refused: {}", refused.why),
+            ),
         }
     }
 
     /// The last will goes out, subject to the same publish check as any message.
-    async fn publish_will(&mut self) {
+    fn publish_will(&mut self) {
         let Some(will) = self.will.take() else { return };
         match self.may_publish(&will.topic, will.retain) {
-            Ok(()) => self.route(&will.topic, &will.message, will.qos).await,
+            Ok(()) => {
+                let registry = &self.gateway.registry;
+                if will.retain {
+                    registry.retain(&will);
+                }
+                let mut message = will;
+                message.retain = false;
+                registry.route(&message, &self.client_id);
+            }
             Err(why) => self.log(format!("last will on {} not published: {why}", will.topic)),
         }
     }
 
     fn packet_id(&mut self) -> u16 {
-        // Packet IDs are 1..=65535; 0 is not allowed.
-        self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-        self.next_packet_id
+        // Packet IDs are 1..=65535 (0 is not allowed), and one still in flight is not reused.
+        loop {
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
+            }
+        }
     }
 
     fn arn(&self, kind: &str, name: &str) -> String {
@@ -547,19 +947,78 @@ impl<'g> Session<'g> {
     }
 }
 
+/// Writes what the session queues, coalescing what is waiting into one write. Ends when the
+/// session drops its sender (after flushing), when writing fails, or when one write takes longer
+/// than `stall_limit` because the client stopped reading.
+async fn write_loop(
+    mut stream: WriteHalf<Stream>,
+    mut queue: mpsc::Receiver<Bytes>,
+    stall_limit: Duration,
+) -> Result<(), String> {
+    let mut batch = BytesMut::new();
+    while let Some(first) = queue.recv().await {
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let written = timeout(stall_limit, async {
+            stream.write_all(&batch).await?;
+            stream.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => batch.clear(),
+            Ok(Err(e)) => return Err(format!("writing to the client failed: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "the client read nothing for {} s (its keep-alive)",
+                    stall_limit.as_secs()
+                ));
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn protocol_level_of_a_connect() {
-        let mut frame = BytesMut::new();
-        Packet::Connect(Connect::new("c"))
-            .write(&mut frame, usize::MAX)
-            .unwrap();
-        assert_eq!(connect_protocol_level(&frame), Some(4));
-        frame[8] = 5;
-        assert_eq!(connect_protocol_level(&frame), Some(5));
-        assert_eq!(connect_protocol_level(&[0xC0, 0]), None);
+    fn the_authorizer_a_username_asks_for() {
+        let cases = [
+            (None, None),
+            (Some("sensor1"), None),
+            (
+                Some("sensor1?x-amz-customauthorizer-name=auth"),
+                Some("auth"),
+            ),
+            (
+                Some(
+                    "sensor1?x-amz-customauthorizer-name=my%20auth&SDK=IoTDeviceSDK/Python\
+                     &Platform=Unix&Metadata=(CRTVersion=0.1;IoTSDKVersion=1.2)",
+                ),
+                Some("my auth"),
+            ),
+            (
+                Some("sensor1?SDK=IoTDeviceSDK/Python&Platform=Unix&Metadata=(a=b)"),
+                None,
+            ),
+            (
+                Some("s?SDK=x&x-amz-customauthorizer-name=other"),
+                Some("other"),
+            ),
+        ];
+        for (username, expected) in cases {
+            assert_eq!(
+                authorizer_named(username).as_deref(),
+                expected,
+                "{username:?}"
+            );
+        }
     }
 }
