@@ -1,6 +1,7 @@
 //! One module per subcommand; each reads top to bottom like the manual step it replaces.
 
 pub mod connect;
+pub mod demo;
 pub mod device;
 pub mod iam_policy;
 pub mod setup;
@@ -22,5 +23,6 @@ pub async fn run(app: &App, command: Command) -> Result<u8> {
         Command::IamPolicy(args) => iam_policy::run(app, args).await,
         Command::Connect(args) => connect::run(app, args).await,
         Command::Local(args) => crate::local::run(app, args).await,
+        Command::Demo(args) => demo::run(app, args).await,
     }
 }
