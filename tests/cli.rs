@@ -317,7 +317,7 @@ mod config_files {
         );
         let text = std::fs::read_to_string(&real).unwrap();
         assert!(
-            text.starts_with("# the fleet's config") && text.contains("username = \"sensor1\""),
+            text.contains("# the fleet's config") && text.contains("username = \"sensor1\""),
             "{text}"
         );
         assert_eq!(mode(&real), 0o640);
