@@ -178,26 +178,47 @@ fn user_package(path: &Path, handler: &str) -> Result<Package> {
     Ok(Package::new(zip, handler.to_string()))
 }
 
+/// Every file under `root`, except dotfiles and dot-directories (`.env`, `.git`, `.aws`...):
+/// they hold secrets and history that must not ship inside a Lambda package anyone with
+/// lambda:GetFunction can download. What was left out is said on stderr.
 fn read_dir_files(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
+    let mut left_out = Vec::new();
     let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
         {
             let path = entry?.path();
-            if path.is_dir() {
+            let name = path
+                .strip_prefix(root)?
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if hidden {
+                left_out.push(if path.is_dir() {
+                    format!("{name}/")
+                } else {
+                    name
+                });
+            } else if path.is_dir() {
                 stack.push(path);
             } else {
-                let name = path
-                    .strip_prefix(root)?
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
                 out.push((name, std::fs::read(&path)?));
             }
         }
+    }
+    if !left_out.is_empty() {
+        left_out.sort();
+        tracing::warn!(
+            "left out of the Lambda package from {}: {} (dotfiles are never deployed)",
+            root.display(),
+            left_out.join(", ")
+        );
     }
     Ok(out)
 }
@@ -241,6 +262,27 @@ mod tests {
         );
         assert_eq!(data["refreshAfterInSeconds"], 300);
         assert_eq!(data["arnPrefix"], "arn:aws:iot:r:1");
+    }
+
+    #[test]
+    fn dotfiles_stay_out_of_a_directory_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("index.mjs"), "export const handler = 1;").unwrap();
+        std::fs::write(root.join(".env"), "AWS_SECRET_ACCESS_KEY=x").unwrap();
+        std::fs::create_dir_all(root.join(".git/objects")).unwrap();
+        std::fs::write(root.join(".git/config"), "[core]").unwrap();
+        std::fs::create_dir(root.join("lib")).unwrap();
+        std::fs::write(root.join("lib/util.mjs"), "").unwrap();
+        std::fs::write(root.join("lib/.npmrc"), "//registry/:_authToken=x").unwrap();
+        let package = user_package(root, "index.handler").unwrap();
+        let mut names: Vec<String> = ZipArchive::new(Cursor::new(&package.zip))
+            .unwrap()
+            .file_names()
+            .filter_map(|n| n.ok().map(|n| n.into_owned()))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["index.mjs", "lib/util.mjs"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::{connect, device, iam_policy, logs, setup, status, teardown};
+use crate::commands::{connect, demo, device, iam_policy, logs, setup, status, teardown};
 
 /// The config file used when --config is not given.
 pub const DEFAULT_CONFIG: &str = "iot-custom-auth.toml";
@@ -16,8 +16,9 @@ pub const DEFAULT_CONFIG: &str = "iot-custom-auth.toml";
     about = "Set up, check and tear down AWS IoT Core custom authentication (MQTT username/password)",
     long_about = "Set up, check and tear down AWS IoT Core custom authentication: MQTT devices log in \
 with a username and password, checked by a Lambda authorizer, instead of X.509 certificates.\n\n\
-Typical use: `device add` to declare devices, `setup` to deploy, `status` in CI, `teardown` when done.",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 not healthy (status, connect).\n\
+Typical use: `demo` to see it work without an AWS account, `device add` to declare devices, \
+`setup` to deploy, `status` in CI, `teardown` when done.",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 not healthy (status, connect, demo).\n\
 AWS credentials and region come from the usual places (environment, profile, SSO); \
 AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_<SERVICE> are honoured."
 )]
@@ -98,6 +99,12 @@ pub enum Command {
     /// that checks each login with the authorizer under the local `node` and enforces the
     /// policies it returns. No AWS account needed.
     Local(crate::local::LocalArgs),
+    /// Try the whole flow on this machine, no AWS account needed: devices with generated
+    /// passwords, the `local` gateway with the bundled authorizer, and the connection test (right
+    /// password publishes, subscriber receives; wrong password, other client ID, other topic
+    /// refused), each step with the gateway's and the authorizer's reasons. Exit 3 when an
+    /// expectation fails.
+    Demo(demo::DemoArgs),
     /// Show the authorizer's login decisions (who was let in or refused, and why) from
     /// CloudWatch Logs, newest last.
     Logs(logs::LogsArgs),

@@ -207,6 +207,103 @@ impl Config {
     }
 }
 
+/// Replaces the config file's contents so that a crash, a full disk or a hostile file beside it
+/// never leaves a half-written, widened or redirected config:
+/// - a symlinked config is followed to its target, which is updated (the link stays a link);
+/// - the new text goes to a uniquely named temp file beside the target, created exclusively
+///   (`O_EXCL`: never through an existing file or symlink of that name), with the target's mode
+///   (a 0600 config stays 0600; a new one gets 0666 less the umask, as any new file);
+/// - file, rename and directory are fsynced, so after a power cut the config is the old or the
+///   new one, never empty.
+pub fn write(path: &Path, contents: &str) -> Result<()> {
+    let target = resolve_symlinks(path)?;
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mode = match std::fs::metadata(&target) {
+        Ok(m) => Some(m.permissions()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", target.display())),
+    };
+    let file_name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write as _;
+        let file = tmp.as_file();
+        match mode {
+            Some(perms) => file.set_permissions(perms)?,
+            None => set_new_file_mode(file)?,
+        }
+        let mut file = file;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()
+    })();
+    written.with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(&target)
+        .map_err(|e| e.error)
+        .with_context(|| format!("replacing {}", target.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// The file a chain of symlinks ends at (which may not exist yet).
+fn resolve_symlinks(path: &Path) -> Result<PathBuf> {
+    let mut current = path.to_path_buf();
+    // Linux's own limit on links followed while resolving one path.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&current) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let link = std::fs::read_link(&current)
+                    .with_context(|| format!("reading the symlink {}", current.display()))?;
+                current = match current.parent() {
+                    Some(parent) => parent.join(link),
+                    None => link,
+                };
+            }
+            _ => return Ok(current),
+        }
+    }
+    bail!("{}: too many levels of symbolic links", path.display())
+}
+
+/// tempfile creates files 0600; a brand-new config gets what any new file would (0666 less the
+/// umask), since it holds no secret, only verifiers.
+#[cfg(unix)]
+fn set_new_file_mode(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let umask = current_umask();
+    file.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask))
+}
+
+#[cfg(not(unix))]
+fn set_new_file_mode(_: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// The process umask, read from /proc (reading it with umask(2) would mean changing it, which
+/// races with other threads creating files).
+#[cfg(unix)]
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        // Where /proc is missing, the most common umask, and the stricter choice over 0.
+        .unwrap_or(0o022)
+}
+
 /// The principal id IoT will see for a username: its letters and digits.
 pub fn principal_id(username: &str) -> String {
     username

@@ -115,7 +115,8 @@ where
                     "no usable AWS credentials found (tried the environment, profiles, web \
                      identity, ECS and EC2 instance metadata)",
                     "configure credentials (aws configure, aws sso login, AWS_PROFILE, or \
-                     AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+                     AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); to see the whole flow without an \
+                     AWS account, run `iot-custom-auth demo`",
                 )
                 .into();
             }

@@ -3,79 +3,253 @@
 //! The verifier is `sha256:<salt>:<SHA-256(salt || password)>` (standard base64). A fast hash is
 //! deliberate: the authorizer must check a login in well under a millisecond for thousands of
 //! devices, and a slow KDF would dominate the Lambda's cost and IoT's 5 s budget. That is only
-//! safe for passwords nobody can guess, so every password is required to carry at least 128 bits
-//! of entropy: generated ones do by construction, and ones read from stdin must pass
-//! [`check_strength`]. Guessing a 128-bit secret is infeasible however fast the hash.
+//! safe for passwords nobody can guess, so every password must take at least 2^128 guesses:
+//! generated ones do by construction, and ones read from stdin must pass [`check_strength`].
+//! Guessing a 128-bit secret is infeasible however fast the hash.
+//!
+//! The estimate is zxcvbn's (dictionaries, keyboard walks, repeats, sequences, dates, l33t). Two
+//! details of the `zxcvbn` crate shape the code below:
+//! - It counts guesses in a `u64`, which saturates at 2^64, half the bar. Above that, the guess
+//!   count is recomputed in log10 from the match sequence zxcvbn chose: the same formula
+//!   (`len! × Π guesses`, its additive term left out, which only lowers the figure), with each
+//!   brute-force span counted as zxcvbn counts it (10 guesses a character) and every other match
+//!   at zxcvbn's own (never larger than 2^64) figure.
+//! - Its brute-force rate of 10 guesses a character is meant for human text, so a random 24-character
+//!   password rates as 10^24, below the bar. Machine-made secrets are therefore recognised by
+//!   their format ([`MachineFormat`]): there each brute-force span counts the bits of the format's
+//!   alphabet per character, while every pattern zxcvbn finds in it still counts only its guesses.
 
 use anyhow::{Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use rand::RngExt as _;
 use sha2::{Digest, Sha256};
+use zxcvbn::matching::patterns::MatchPattern;
 
 pub const MIN_BITS: f64 = 128.0;
-const MIN_LEN: usize = 20;
-const MIN_DISTINCT: usize = 10;
 /// MQTT's password field holds at most 65535 bytes.
 const MAX_LEN: usize = 65_535;
+/// zxcvbn only looks at the first 100 characters; whatever follows adds nothing to the estimate.
+const ANALYSED_CHARS: usize = 100;
 const GENERATED_LEN: usize = 24;
 const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// How to make a good password, for the refusal.
+pub const REMEDY: &str = "omit --password-stdin to get a generated one (24 random letters and digits, 143 bits), or pipe in a random one: `openssl rand -base64 24 | iot-custom-auth device add USERNAME --password-stdin`";
 
-/// A random password of 24 letters and digits: 24 * log2(62) = 142.9 bits.
+/// A random password of 24 letters and digits: 24 * log2(62) = 142.9 bits. About one in 3,000
+/// contains by chance what zxcvbn reads as a pattern (a word, a sequence) long enough to put it
+/// below the bar; those are drawn again, so every generated password passes [`check_strength`]
+/// (skipping one in 3,000 costs far less than a bit).
 pub fn generate() -> String {
     let mut rng = rand::rng();
-    (0..GENERATED_LEN)
-        .map(|_| ALPHANUMERIC[rng.random_range(0..ALPHANUMERIC.len())] as char)
-        .collect()
-}
-
-/// Estimated entropy of a password assumed to be drawn at random from the character classes it
-/// uses. An upper bound for human-chosen text, which is why length and variety are checked too.
-pub fn estimated_bits(password: &str) -> f64 {
-    type Class = (fn(char) -> bool, f64);
-    let classes: [Class; 4] = [
-        (|c| c.is_ascii_lowercase(), 26.0),
-        (|c| c.is_ascii_uppercase(), 26.0),
-        (|c| c.is_ascii_digit(), 10.0),
-        (|c| c.is_ascii_punctuation() || c == ' ', 33.0),
-    ];
-    let mut pool: f64 = classes
-        .iter()
-        .filter(|(is, _)| password.chars().any(is))
-        .map(|(_, n)| n)
-        .sum();
-    if !password.is_ascii() {
-        pool += 100.0;
+    loop {
+        let password: String = (0..GENERATED_LEN)
+            .map(|_| ALPHANUMERIC[rng.random_range(0..ALPHANUMERIC.len())] as char)
+            .collect();
+        if strength(&password).bits >= MIN_BITS {
+            return password;
+        }
     }
-    password.chars().count() as f64 * pool.max(1.0).log2()
 }
 
-/// Refuses a password that could be guessed (see the module comment for why the bar is 128 bits).
+/// The shapes random-secret tools print, each with the bits one character of it can carry. Only
+/// these get more than zxcvbn's 10 guesses a character for what zxcvbn finds no pattern in:
+/// - `Hex`: `openssl rand -hex 16`, `xxd -p`, UUIDs without dashes: 4 bits a digit (32 digits =
+///   128 bits); one letter case only, as those tools print.
+/// - `Alphanumeric`: this tool's generator: log2(62) = 5.95 bits (22 characters = 131 bits).
+/// - `Base64`: `openssl rand -base64 N` (with `+/`) or URL-safe base64 (with `-_`), `=` padding
+///   only at the end: 6 bits a character, 2 fewer for each `=` (22 characters + `==` = 16 bytes =
+///   128 bits).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MachineFormat {
+    Hex,
+    Alphanumeric,
+    Base64,
+}
+
+impl MachineFormat {
+    fn of(password: &str) -> Option<Self> {
+        let body = password.trim_end_matches('=');
+        let padding = password.len() - body.len();
+        if body.is_empty() || padding > 2 {
+            return None;
+        }
+        let hex_lower = body.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let hex_upper = body.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'));
+        let alnum = body.bytes().all(|b| b.is_ascii_alphanumeric());
+        let std = body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+        let url = body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        match () {
+            _ if padding == 0 && (hex_lower || hex_upper) => Some(Self::Hex),
+            _ if padding == 0 && alnum => Some(Self::Alphanumeric),
+            _ if std || url => Some(Self::Base64),
+            _ => None,
+        }
+    }
+
+    fn bits_per_char(self) -> f64 {
+        match self {
+            Self::Hex => 4.0,
+            Self::Alphanumeric => 62f64.log2(),
+            Self::Base64 => 6.0,
+        }
+    }
+}
+
+/// What the strength check found.
+#[derive(Debug)]
+pub struct Strength {
+    /// log2 of the guesses an attacker needs, by zxcvbn's model.
+    pub bits: f64,
+    pub format: Option<MachineFormat>,
+    /// zxcvbn's warning and suggestions, when it has any.
+    pub feedback: Vec<String>,
+}
+
+/// zxcvbn's estimate (see the module comment), in bits.
+pub fn strength(password: &str) -> Strength {
+    let format = MachineFormat::of(password);
+    let analysed: String = match format {
+        // Padding carries no secret; it is accounted for below.
+        Some(_) => password.trim_end_matches('='),
+        None => password,
+    }
+    .chars()
+    .take(ANALYSED_CHARS)
+    .collect();
+    let entropy = zxcvbn::zxcvbn(&analysed, &[]);
+    // zxcvbn only gives feedback for passwords below 10^10 guesses; what it found says why in
+    // every case. Described, never quoted: a refused password may still be in use elsewhere.
+    let mut feedback = Vec::new();
+    let found: Vec<String> = entropy.sequence().iter().filter_map(describe).collect();
+    if !found.is_empty() {
+        feedback.push(format!("zxcvbn finds {}", found.join(", ")));
+    }
+    if let Some(f) = entropy.feedback() {
+        feedback.extend(f.warning().map(|w| w.to_string()));
+        feedback.extend(f.suggestions().iter().map(|s| s.to_string()));
+    }
+    let saturated = entropy.guesses() == u64::MAX;
+    let bits = match format {
+        Some(format) => {
+            let padding = (password.len() - password.trim_end_matches('=').len()) as f64;
+            machine_bits(entropy.sequence(), format.bits_per_char()) - 2.0 * padding
+        }
+        None if !saturated => entropy.guesses_log10() * 10f64.log2(),
+        None => {
+            sequence_bits(entropy.sequence(), 10f64.log2())
+                + log2_factorial(entropy.sequence().len())
+        }
+    };
+    Strength {
+        bits,
+        format,
+        feedback,
+    }
+}
+
+/// Σ over zxcvbn's chosen matches: brute-force spans at `brute_force_bits` a character, patterns
+/// at zxcvbn's guesses. When zxcvbn saturated it may have kept the first of several equally
+/// "infinite" sequences; it tries pattern matches before brute force at each position, so that
+/// first one is the more structured (lower) reading.
+fn sequence_bits(sequence: &[zxcvbn::matching::Match], brute_force_bits: f64) -> f64 {
+    sequence
+        .iter()
+        .map(|m| match m.pattern {
+            MatchPattern::BruteForce => m.token.chars().count() as f64 * brute_force_bits,
+            _ => (m.guesses.unwrap_or(1).max(1) as f64).log2(),
+        })
+        .sum()
+}
+
+/// Like [`sequence_bits`], for a string in a machine format. A random string of 32 hex digits
+/// holds a chance "year" (`1987`), a three-letter word (`bad`) or sequence (`abc`) more often than
+/// not, and at exactly 128 bits any of them would refuse it. So patterns shorter than
+/// `CHANCE_PATTERN_CHARS` count as random characters, unless patterns cover more than half of the
+/// string: random strings are mostly unmatched, while text built of short words or repeats
+/// (`deadbeefcafebabe…`, `BlueFishRunsFast…`) is mostly matched, and then every pattern counts.
+fn machine_bits(sequence: &[zxcvbn::matching::Match], bits_per_char: f64) -> f64 {
+    const CHANCE_PATTERN_CHARS: usize = 5;
+    let len = |m: &zxcvbn::matching::Match| m.token.chars().count();
+    let total: usize = sequence.iter().map(len).sum();
+    let matched: usize = sequence
+        .iter()
+        .filter(|m| !matches!(m.pattern, MatchPattern::BruteForce))
+        .map(len)
+        .sum();
+    let chance_allowed = matched * 2 <= total;
+    sequence
+        .iter()
+        .map(|m| match m.pattern {
+            MatchPattern::BruteForce => len(m) as f64 * bits_per_char,
+            _ if chance_allowed && len(m) < CHANCE_PATTERN_CHARS => len(m) as f64 * bits_per_char,
+            _ => (m.guesses.unwrap_or(1).max(1) as f64).log2(),
+        })
+        .sum()
+}
+
+/// What a match zxcvbn found is, in words (None for a brute-force span: nothing found).
+fn describe(m: &zxcvbn::matching::Match) -> Option<String> {
+    let n = m.token.chars().count();
+    Some(match &m.pattern {
+        MatchPattern::BruteForce => return None,
+        MatchPattern::Dictionary(d) => {
+            // The crate does not export its DictionaryType, only its Debug form.
+            let kind = match format!("{:?}", d.dictionary_name).as_str() {
+                "Passwords" => "a common password",
+                _ => "a dictionary word",
+            };
+            let how = match (d.l33t, d.reversed) {
+                (true, _) => " with predictable substitutions",
+                (_, true) => " reversed",
+                _ => "",
+            };
+            format!("{kind}{how} ({n} characters)")
+        }
+        MatchPattern::Spatial(_) => format!("a keyboard pattern ({n} keys)"),
+        MatchPattern::Repeat(r) => format!(
+            "a repeat ({} characters, {} times)",
+            r.base_token.chars().count(),
+            r.repeat_count
+        ),
+        MatchPattern::Sequence(_) => format!("a sequence ({n} characters)"),
+        MatchPattern::Regex(r) if r.regex_name == "recent_year" => "a recent year".to_string(),
+        MatchPattern::Regex(_) => format!("a pattern ({n} characters)"),
+        MatchPattern::Date(_) => "a date".to_string(),
+    })
+}
+
+fn log2_factorial(n: usize) -> f64 {
+    (2..=n).map(|k| (k as f64).log2()).sum()
+}
+
+/// Refuses a password that could be guessed (see the module comment for why the bar is 2^128
+/// guesses). The error says why, in zxcvbn's words where it has some.
 pub fn check_strength(password: &str) -> Result<()> {
-    let remedy = "use the generated password (omit --password-stdin), or at least 22 random \
-                  base64 characters, e.g. `openssl rand -base64 24`";
     if password.len() > MAX_LEN {
         bail!("the password is longer than MQTT's {MAX_LEN} bytes");
     }
-    if password.chars().count() < MIN_LEN {
-        bail!("the password is shorter than {MIN_LEN} characters; {remedy}");
+    let s = strength(password);
+    if s.bits >= MIN_BITS {
+        return Ok(());
     }
-    let mut distinct: Vec<char> = password.chars().collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if distinct.len() < MIN_DISTINCT {
-        bail!(
-            "the password repeats too few characters ({} distinct); {remedy}",
-            distinct.len()
-        );
+    let mut why = format!(
+        "it would fall to about 2^{:.0} guesses (zxcvbn's estimate{}), and at least 2^{MIN_BITS:.0} are required because only a fast hash of it is stored",
+        s.bits.max(0.0),
+        match s.format {
+            Some(f) => format!(", read as {f:?} from a random generator"),
+            None => String::new(),
+        }
+    );
+    for line in &s.feedback {
+        why.push_str("; ");
+        why.push_str(line.trim_end_matches('.'));
     }
-    let bits = estimated_bits(password);
-    if bits < MIN_BITS {
-        bail!(
-            "the password carries about {bits:.0} bits, below the {MIN_BITS:.0} required; {remedy}"
-        );
-    }
-    Ok(())
+    bail!("{why}")
 }
 
 /// A verifier for `password` with a fresh random salt.
@@ -133,22 +307,90 @@ mod tests {
         assert!(parse("md5:x:y").is_err());
     }
 
+    fn refused(password: &str) -> String {
+        match check_strength(password) {
+            Ok(()) => panic!("{password:?} was accepted: {:?}", strength(password)),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
-    fn weak_passwords_are_refused() {
+    fn weak_passwords_of_every_kind_are_refused() {
         for weak in [
-            "test",
-            "password1234567890",
+            // The two the security review got through, 131 and 138 "bits" by character classes.
+            "Password1234567890!@",
+            "Summer2024!Winter2025",
+            // dictionary words, a passphrase of common words, l33t
+            "correcthorsebatterystaple",
+            "P@ssw0rd!P@ssw0rd!Tr0ub4dor&3",
+            // keyboard walks
+            "qwertyuiopasdfghjklzxcvbnm",
+            "1qaz2wsx3edc4rfv5tgb6yhn",
+            // repeats, long but patterned
             &"a".repeat(60),
-            "abcdefghijklmnopqrstu",
+            &"Xk9!".repeat(10),
+            "abcdefghijklmnopqrstuvwxyz0123456789",
+            // dates
+            "1984-03-15/2001-09-11/2024-12-25!",
+            // machine formats that are not random
+            "00000000000000000000000000000000",
+            "0123456789abcdef0123456789abcdef",
+            "deadbeefdeadbeefdeadbeefdeadbeef",
+            "deadbeefcafebabefacefeedbaddecaf",
+            // short words only, none long enough to look deliberate on its own
+            "BlueFishRunsFastOverHillsToday",
+            // too short to be anything
+            "test",
         ] {
-            assert!(check_strength(weak).is_err(), "{weak}");
+            refused(weak);
         }
+    }
+
+    #[test]
+    fn the_refusal_says_why_in_zxcvbns_words() {
+        let why = refused("Password1234567890!@");
+        assert!(why.contains("2^128"), "{why}");
+        assert!(why.to_lowercase().contains("common"), "{why}");
+        assert!(REMEDY.contains("openssl rand -base64 24"));
+    }
+
+    #[test]
+    fn random_and_machine_made_passwords_are_accepted() {
         for strong in [
-            "Qm9vdHMtYW5kLUNhdHMtMTIzNDU=",
+            // openssl rand -base64 24 / -base64 16 / -hex 16
+            "Qm9vdHMtYW5kLUNhdHMtMTIzNDU2Nzg5MDEy",
+            "k3J/9qzW+eXv2Lm8Rt1YpA==",
             "3f9c2a7b5e1d4c8a9b0e6f2d1c3a5b7e",
-            &generate(),
+            "3F9C2A7B5E1D4C8A9B0E6F2D1C3A5B7E",
+            // URL-safe base64
+            "q7-Zk2_Wd9xLm4Rt8vYp3N",
+            // 40 random characters of all classes (zxcvbn: about 10 guesses a character)
+            "vG7#qL2!zR9@wX4$kP8^mN3&tB6*yH5%cJ1(dF0)",
         ] {
-            assert!(check_strength(strong).is_ok(), "{strong}");
+            if let Err(e) = check_strength(strong) {
+                panic!("{strong:?} refused: {e:#} {:?}", strength(strong));
+            }
         }
+        for _ in 0..200 {
+            let pw = generate();
+            assert!(check_strength(&pw).is_ok(), "generated {pw} refused");
+        }
+    }
+
+    #[test]
+    fn machine_formats_count_only_the_bits_they_carry() {
+        // 31 random hex digits are 124 bits: one short.
+        assert!(check_strength("3f9c2a7b5e1d4c8a9b0e6f2d1c3a5b7").is_err());
+        // 21 random letters and digits are 125 bits.
+        assert!(check_strength("hR4q0sVn8CzY2kLm7WbT1").is_err());
+        assert_eq!(MachineFormat::of("abc=="), Some(MachineFormat::Base64));
+        assert_eq!(MachineFormat::of("abc123"), Some(MachineFormat::Hex));
+        assert_eq!(
+            MachineFormat::of("aBc123"),
+            Some(MachineFormat::Alphanumeric)
+        );
+        assert_eq!(MachineFormat::of("a+b/c"), Some(MachineFormat::Base64));
+        assert_eq!(MachineFormat::of("a b"), None);
+        assert_eq!(MachineFormat::of("a=b"), None);
     }
 }

@@ -2,7 +2,7 @@
 //! changes reach the authorizer at the next `setup`.
 
 use std::fmt;
-use std::io::Read as _;
+use std::io::{BufRead as _, IsTerminal as _, Read as _, Write as _};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
@@ -40,7 +40,8 @@ pub struct AddArgs {
     /// Topic filter the device may subscribe to and receive from; repeat for several [default: none].
     #[arg(long, value_name = "FILTER")]
     pub subscribe: Vec<String>,
-    /// Read the password from stdin instead of generating one (at least 128 bits of entropy).
+    /// Read the password from stdin instead of generating one; it must take at least 2^128
+    /// guesses by zxcvbn's estimate (e.g. `openssl rand -base64 24`).
     #[arg(long)]
     pub password_stdin: bool,
 }
@@ -54,15 +55,18 @@ pub fn run(app: &App, command: DeviceCommand) -> Result<u8> {
 }
 
 #[derive(Serialize)]
-struct Added {
+pub struct Added {
     username: String,
     client_ids: Vec<String>,
     publish: Vec<String>,
     subscribe: Vec<String>,
     /// Only when generated: shown this once, never stored.
     #[serde(skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
+    pub password: Option<String>,
     config: String,
+    /// False when `setup` itself added the device and goes on to deploy it.
+    #[serde(skip)]
+    deploy_hint: bool,
 }
 
 impl fmt::Display for Added {
@@ -80,11 +84,47 @@ impl fmt::Display for Added {
                 "Store this password now: it is not saved anywhere and cannot be shown again."
             )?;
         }
-        writeln!(f, "Run `iot-custom-auth setup` to deploy the change.")
+        if self.deploy_hint {
+            writeln!(f, "Run `iot-custom-auth setup` to deploy the change.")?;
+        }
+        Ok(())
     }
 }
 
 fn add(app: &App, args: AddArgs) -> Result<u8> {
+    let password = if args.password_stdin {
+        Some(read_password(&args.username)?)
+    } else {
+        None
+    };
+    let added = add_device(app, args, password)?;
+    app.print(&added);
+    Ok(exit::OK)
+}
+
+/// The password piped in, without its line ending, if it is strong enough.
+fn read_password(username: &str) -> Result<String> {
+    let mut pw = String::new();
+    std::io::stdin()
+        .read_to_string(&mut pw)
+        .context("reading the password from stdin")?;
+    let pw = pw
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&pw)
+        .to_string();
+    verifier::check_strength(&pw).map_err(|e| {
+        Failure::usage(
+            format!("password refused: {e:#}"),
+            verifier::REMEDY.replace("USERNAME", username),
+        )
+    })?;
+    Ok(pw)
+}
+
+/// Adds a device to the config file: with `password`, or a generated one (then shown in the
+/// result, once).
+pub fn add_device(app: &App, args: AddArgs, password: Option<String>) -> Result<Added> {
     let path = &app.global.config;
     let mut config = app.config()?;
     if config.device(&args.username).is_some() {
@@ -97,26 +137,8 @@ fn add(app: &App, args: AddArgs) -> Result<u8> {
             "choose another username, or `device remove` it first"
         ));
     }
-    let (password, generated) = if args.password_stdin {
-        let mut pw = String::new();
-        std::io::stdin()
-            .read_to_string(&mut pw)
-            .context("reading the password from stdin")?;
-        let pw = pw
-            .strip_suffix('\n')
-            .map(|p| p.strip_suffix('\r').unwrap_or(p))
-            .unwrap_or(&pw)
-            .to_string();
-        verifier::check_strength(&pw).map_err(|e| {
-            Failure::usage(
-                format!("password refused: {e:#}"),
-                "see README \"Passwords\"",
-            )
-        })?;
-        (pw, false)
-    } else {
-        (verifier::generate(), true)
-    };
+    let generated = password.is_none();
+    let password = password.unwrap_or_else(verifier::generate);
     let device = Device {
         username: args.username.clone(),
         password_verifier: verifier::make(password.as_bytes()),
@@ -144,15 +166,74 @@ fn add(app: &App, args: AddArgs) -> Result<u8> {
     devices_mut(&mut doc)?.push(device_table(&device));
     write_document(path, &doc)?;
 
-    app.print(&Added {
+    Ok(Added {
         username: device.username.clone(),
         client_ids: device.client_ids.clone(),
         publish: device.publish.clone(),
         subscribe: device.subscribe.clone(),
         password: generated.then_some(password),
         config: path.display().to_string(),
-    });
-    Ok(exit::OK)
+        deploy_hint: true,
+    })
+}
+
+impl AddArgs {
+    /// A device with the defaults: client ID = username, publishes to telemetry/<username>.
+    pub fn new(username: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            client_ids: Vec::new(),
+            publish: Vec::new(),
+            subscribe: Vec::new(),
+            password_stdin: false,
+        }
+    }
+}
+
+/// For `setup` with a config that declares no devices: on a terminal, offers to add the first one
+/// (username asked, password generated and shown once) and returns the config with it; without a
+/// terminal nobody can answer, so it refuses as before, naming the ways forward.
+pub fn first_device(app: &App) -> Result<Config> {
+    let path = app.global.config.display().to_string();
+    let refusal = || {
+        Failure::usage(
+            format!("{path} declares no devices, so every login would be refused"),
+            "add one with `iot-custom-auth device add USERNAME` (or deploy your own authorizer \
+             with --code); to see the whole flow first, without an AWS account, run \
+             `iot-custom-auth demo`",
+        )
+    };
+    if !std::io::stdin().is_terminal() {
+        bail!(refusal());
+    }
+    eprintln!("{path} declares no devices, so every login would be refused.");
+    eprintln!("Add the first one now? Its password is generated and shown once.");
+    let stdin = std::io::stdin();
+    // A few tries for a mistyped name; an empty answer stops.
+    for _ in 0..3 {
+        eprint!("Username (letters, digits, `-`, `_`, `.`, `@`; empty to stop): ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        if stdin.lock().read_line(&mut answer)? == 0 || answer.trim().is_empty() {
+            break;
+        }
+        match add_device(app, AddArgs::new(answer.trim()), None) {
+            // On stderr with the prompt, so that stdout stays the setup report (and parseable
+            // with --output json); on a terminal both are on screen.
+            Ok(added) => {
+                eprint!(
+                    "{}",
+                    Added {
+                        deploy_hint: false,
+                        ..added
+                    }
+                );
+                return app.config();
+            }
+            Err(e) => eprintln!("{e:#}"),
+        }
+    }
+    bail!(refusal())
 }
 
 #[derive(Serialize)]
@@ -250,12 +331,8 @@ fn read_document(path: &std::path::Path) -> Result<DocumentMut> {
     }
 }
 
-/// Writes through a temporary file and a rename, so an interrupted write never leaves half a
-/// config behind.
 fn write_document(path: &std::path::Path, doc: &DocumentMut) -> Result<()> {
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, doc.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    crate::config::write(path, &doc.to_string())
 }
 
 fn devices_mut(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables> {

@@ -1,6 +1,7 @@
 //! One module per subcommand; each reads top to bottom like the manual step it replaces.
 
 pub mod connect;
+pub mod demo;
 pub mod device;
 pub mod iam_policy;
 pub mod logs;
@@ -32,5 +33,6 @@ pub async fn run(app: &App, command: Command) -> Result<u8> {
             crate::cli::print_man()?;
             Ok(crate::error::exit::OK)
         }
+        Command::Demo(args) => demo::run(app, args).await,
     }
 }

@@ -53,16 +53,10 @@ pub struct Connection {
 }
 
 pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
-    let config = app.config()?;
+    let mut config = app.config()?;
     let names = app.names(&config)?;
     if config.devices.is_empty() && args.code.is_none() && config.deployment.code.is_none() {
-        bail!(Failure::usage(
-            format!(
-                "{} declares no devices, so every login would be refused",
-                app.global.config.display()
-            ),
-            "add one with `iot-custom-auth device add USERNAME`, or deploy your own authorizer with --code"
-        ));
+        config = crate::commands::device::first_device(app)?;
     }
     let clients = app.clients().await?;
     app.progress(format!(
@@ -138,9 +132,13 @@ fn connection(desired: &Desired, config: &crate::config::Config, address: String
     let topic = device
         .and_then(|d| d.publish().first().cloned())
         .unwrap_or_else(|| format!("telemetry/{client_id}"));
+    // `mosquitto_pub -P` would put the password in argv, where `ps` shows it to every user of the
+    // machine. mosquitto_pub (2.0 too, which has no options-file flag) reads default options from
+    // `$XDG_CONFIG_HOME/mosquitto_pub`, so the password goes there, in a private temp dir, written
+    // by the shell's builtin printf (no process, no argv), and the dir is removed afterwards.
     Connection {
         example: format!(
-            "mosquitto_pub -h {address} -p {port} --tls-alpn {alpn} --tls-use-os-certs -i {client_id} -u '{username}' -P \"$IOT_CUSTOM_AUTH_PASSWORD\" -t {topic} -q 1 -m hello",
+            "(umask 077; d=$(mktemp -d); printf -- '-P %s\\n' \"$IOT_CUSTOM_AUTH_PASSWORD\" > \"$d/mosquitto_pub\"; XDG_CONFIG_HOME=\"$d\" mosquitto_pub -h {address} -p {port} --tls-alpn {alpn} --tls-use-os-certs -i {client_id} -u '{username}' -t {topic} -q 1 -m hello; rm -r \"$d\")",
             port = endpoint::PORT,
             alpn = endpoint::ALPN,
             username = endpoint::username(&user, authorizer),

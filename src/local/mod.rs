@@ -97,7 +97,9 @@ pub struct Console {
 
 impl Console {
     pub fn line(&self, line: impl AsRef<str>) {
-        if !self.quiet {
+        if let Some(tap) = TAP.get() {
+            let _ = tap.send(inert(line.as_ref()).into_owned());
+        } else if !self.quiet {
             eprintln!("{}", inert(line.as_ref()));
         }
     }
@@ -125,6 +127,19 @@ pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     out.into()
+}
+
+/// Where console lines go instead of stderr once [`tap_console`] was called. A process-wide
+/// sink rather than a field, so that `Console` stays a `Copy` flag for every caller.
+static TAP: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>> =
+    std::sync::OnceLock::new();
+
+/// Sends every console line of the gateways in this process (its decisions, the authorizer's
+/// logs) to the receiver instead of stderr, for `demo`, which narrates them. `None` when already
+/// tapped.
+pub fn tap_console() -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    TAP.set(tx).ok().map(|()| rx)
 }
 
 /// Printed on stdout once the listener is up; tests read the address from it.
@@ -190,6 +205,44 @@ impl fmt::Display for Listening {
 }
 
 pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
+    let started = start(app, &args).await?;
+    app.print(&started.listening);
+    tokio::select! {
+        served = started.serve() => served?,
+        _ = shutdown() => app.progress("stopped"),
+    }
+    Ok(exit::OK)
+}
+
+/// A gateway listening and ready to serve: `run` prints it and serves until Ctrl-C; `demo`
+/// serves it in a task of its own and drops it when done.
+pub struct Started {
+    listening: Listening,
+    socket: TcpListener,
+    gateway: Arc<broker::Gateway>,
+    limits: listener::Limits,
+    code_dir: CodeDir,
+}
+
+impl Started {
+    pub fn address(&self) -> SocketAddr {
+        self.listening.address
+    }
+
+    pub fn ca_file(&self) -> &Path {
+        &self.listening.ca_file
+    }
+
+    /// Serves until dropped; the unpacked authorizer is removed then.
+    pub async fn serve(self) -> Result<()> {
+        let _code_dir = self.code_dir;
+        listener::serve(self.socket, self.gateway, self.limits).await;
+        Ok(())
+    }
+}
+
+/// Builds the package, starts the authorizer and binds the listener.
+pub async fn start(app: &App, args: &LocalArgs) -> Result<Started> {
     let config = app.config()?;
     let region = app.global.region.as_deref().unwrap_or(DEFAULT_REGION);
     let arn_prefix = bundle::arn_prefix(region, LOCAL_ACCOUNT);
@@ -258,19 +311,20 @@ pub async fn run(app: &App, args: LocalArgs) -> Result<u8> {
             config.devices.len()
         ),
     };
-    app.print(&Listening {
-        address: socket.local_addr()?,
-        ca_file,
-        authorizer,
-        authorizer_name,
-        default_authorizer,
-        arn_prefix,
-    });
-    tokio::select! {
-        () = listener::serve(socket, gateway, limits) => {}
-        _ = shutdown() => app.progress("stopped"),
-    }
-    Ok(exit::OK)
+    Ok(Started {
+        listening: Listening {
+            address: socket.local_addr()?,
+            ca_file,
+            authorizer,
+            authorizer_name,
+            default_authorizer,
+            arn_prefix,
+        },
+        socket,
+        gateway,
+        limits,
+        code_dir,
+    })
 }
 
 /// Next to the config file, so each project keeps its own CA.
