@@ -16,7 +16,7 @@ use serde_json::json;
 
 /// Long enough that calls a command sends together overlap by far more than the time it takes
 /// to send them, on a loaded machine too.
-const LATENCY_MS: u64 = 200;
+const LATENCY_MS: u64 = 400;
 
 /// A stand-in with real-AWS delays and sensor1 deployed; its call record is empty.
 fn deployed() -> (StandIn, Cli) {

@@ -510,8 +510,9 @@ async fn test_invoke_rejects_replies_outside_the_contract() {
 #[tokio::test]
 async fn new_role_is_assumable_only_after_propagation() {
     let standin = StandIn::start_with(&["--no-aws-delays"]);
-    // Long enough that the first CreateFunction lands inside it on a loaded machine (1 s did not).
-    standin.set_behaviour(json!({"role_propagation_seconds": 4.0}));
+    // The role's age is compared with the window when each call arrives: a window no loaded
+    // machine can outlast, then closing it, tests both sides without racing the clock.
+    standin.set_behaviour(json!({"role_propagation_seconds": 3600.0}));
     let c = clients(&standin).await;
     let role_arn = create_role(&c, "fresh-role", LAMBDA_TRUST).await;
 
@@ -529,7 +530,7 @@ async fn new_role_is_assumable_only_after_propagation() {
         Some("The role defined for the function cannot be assumed by Lambda.")
     );
 
-    tokio::time::sleep(Duration::from_millis(4100)).await;
+    standin.set_behaviour(json!({"role_propagation_seconds": 0.0}));
     create_function_request(&c, "fresh-fn", &role_arn, Runtime::Nodejs22x)
         .send()
         .await

@@ -224,6 +224,7 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<u8> {
         code: args.code.clone(),
         cert_dir: Some(root.join("certs")),
         node: args.node.clone(),
+        ..local_defaults()
     };
     let started = local::start(&inner, &local_args).await?;
     let address = started.address();
@@ -647,4 +648,15 @@ fn keep_hints(root: &Path, address: SocketAddr, ca_file: &Path, password: &str) 
     );
     eprintln!("  python3 {}", paho.display());
     Ok(())
+}
+
+/// `local`'s flags as its command line defaults them (worker count, connection caps), so the
+/// demo's gateway is the one users run.
+fn local_defaults() -> LocalArgs {
+    #[derive(clap::Parser)]
+    struct Local {
+        #[command(flatten)]
+        args: LocalArgs,
+    }
+    <Local as clap::Parser>::parse_from(["local"]).args
 }

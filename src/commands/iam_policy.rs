@@ -218,7 +218,9 @@ pub fn document(
             }));
         }
     }
-    statements.extend(log_group_statements(command, names, partition, region, account));
+    statements.extend(log_group_statements(
+        command, names, partition, region, account,
+    ));
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 

@@ -6,12 +6,12 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Args;
 use serde::Serialize;
 
 use crate::app::App;
-use crate::error::{Failure, exit};
+use crate::error::exit;
 use crate::resources::{self, Action, Desired, Outcome, SetupOptions, Step, endpoint};
 
 #[derive(Debug, Args)]

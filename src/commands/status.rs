@@ -210,7 +210,7 @@ async fn probe(
             .collect();
     let allowed = match good {
         Err(e) => probe_error("probe.allowed", e),
-        Ok(good) => allowed_check(user, &client_id, &expected, &good),
+        Ok(good) => allowed_check(app, user, &client_id, &expected, &good),
     };
     let denied = match bad {
         Err(e) => probe_error("probe.denied", e),
@@ -227,6 +227,7 @@ async fn probe(
 
 /// `probe.allowed` from TestInvokeAuthorizer's answer for the right password.
 fn allowed_check(
+    app: &App,
     user: &str,
     client_id: &str,
     expected: &[serde_json::Value],
@@ -245,7 +246,7 @@ fn allowed_check(
                 app,
                 Some("check the password, or run `setup` if the device was added since".into()),
                 user,
-                Some(client_id.as_str()),
+                Some(client_id),
             ),
         )
     } else if got != expected {

@@ -11,6 +11,7 @@ use aws_sdk_cloudwatchlogs::Client;
 use aws_sdk_lambda::types::{LogFormat, LoggingConfig};
 use futures::future::BoxFuture;
 
+use crate::app::App;
 use crate::aws::Clients;
 use crate::error::AwsResultExt;
 use crate::names::{Names, OWNER_TAG, owned_by};
@@ -27,7 +28,10 @@ pub fn name(names: &Names) -> String {
 
 /// Its ARN, as IAM policies and ListTagsForResource name it (without DescribeLogGroups' `:*`).
 pub fn arn(names: &Names, partition: &str, region: &str, account: &str) -> String {
-    format!("arn:{partition}:logs:{region}:{account}:log-group:{}", name(names))
+    format!(
+        "arn:{partition}:logs:{region}:{account}:log-group:{}",
+        name(names)
+    )
 }
 
 /// What `setup` deploys the function with: JSON lines into our log group.
@@ -334,6 +338,7 @@ impl Resource for LogGroup {
 
     fn delete<'a>(
         &'a self,
+        _: &'a App,
         clients: &'a Clients,
         names: &'a Names,
         _observed: &'a All,
