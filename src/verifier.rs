@@ -121,7 +121,13 @@ pub fn strength(password: &str) -> Strength {
     .chars()
     .take(ANALYSED_CHARS)
     .collect();
-    let entropy = zxcvbn::zxcvbn(&analysed, &[]);
+    // Above 2^64 zxcvbn's optimiser compares saturated (equal) counts, and which reading wins
+    // then follows HashMap order, which differs from call to call: it may keep plain brute force
+    // over a word it found. The lowest of a few runs is the structured reading.
+    let entropy = (0..SATURATED_RUNS)
+        .map(|_| zxcvbn::zxcvbn(&analysed, &[]))
+        .min_by(|a, b| reading_bits(a, format).total_cmp(&reading_bits(b, format)))
+        .expect("at least one run");
     // zxcvbn only gives feedback for passwords below 10^10 guesses; what it found says why in
     // every case. Described, never quoted: a refused password may still be in use elsewhere.
     let mut feedback = Vec::new();
@@ -149,6 +155,20 @@ pub fn strength(password: &str) -> Strength {
         bits,
         format,
         feedback,
+    }
+}
+
+const SATURATED_RUNS: usize = 8;
+
+/// Bits of one zxcvbn reading, for picking the lowest.
+fn reading_bits(entropy: &zxcvbn::Entropy, format: Option<MachineFormat>) -> f64 {
+    match format {
+        Some(format) => machine_bits(entropy.sequence(), format.bits_per_char()),
+        None if entropy.guesses() != u64::MAX => entropy.guesses_log10() * 10f64.log2(),
+        None => {
+            sequence_bits(entropy.sequence(), 10f64.log2())
+                + log2_factorial(entropy.sequence().len())
+        }
     }
 }
 
