@@ -5,7 +5,7 @@ AWS Identity and Access Management, AWS Lambda, AWS IoT and AWS STS, and the ser
 where creating with tags needs the tagging permission too. Every ARN carries the request's
 partition (aws-facts §13).
 
-An operation not listed here needs `<service>:<Operation>` on resource `*`: only a statement whose
+[silent] An operation not listed here needs `<service>:<Operation>` on resource `*`: only a statement whose
 Resource is `*` (or a pattern matching the literal `*`) grants it. That is never more permissive
 than AWS, whose resource would be a specific ARN those statements match as well.
 """

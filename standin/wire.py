@@ -73,7 +73,8 @@ def error_response(service: str, code: str, status: int, message: str) -> tuple[
         ).encode()
         headers = [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)]
         return status, headers, body
-    payload = {"message": message}
+    # `__type` too: JSON-protocol clients (CloudWatch Logs) read the code from the body.
+    payload = {"__type": code, "message": message}
     if service == "lambda":
         # Lambda's own error bodies: {"Type": "User", "Message": ...}.
         payload = {"Type": "User" if status < 500 else "Service", "Message": message}

@@ -510,7 +510,8 @@ async fn test_invoke_rejects_replies_outside_the_contract() {
 #[tokio::test]
 async fn new_role_is_assumable_only_after_propagation() {
     let standin = StandIn::start_with(&["--no-aws-delays"]);
-    standin.set_behaviour(json!({"role_propagation_seconds": 1.0}));
+    // Long enough that the first CreateFunction lands inside it on a loaded machine (1 s did not).
+    standin.set_behaviour(json!({"role_propagation_seconds": 4.0}));
     let c = clients(&standin).await;
     let role_arn = create_role(&c, "fresh-role", LAMBDA_TRUST).await;
 
@@ -528,7 +529,7 @@ async fn new_role_is_assumable_only_after_propagation() {
         Some("The role defined for the function cannot be assumed by Lambda.")
     );
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     create_function_request(&c, "fresh-fn", &role_arn, Runtime::Nodejs22x)
         .send()
         .await
