@@ -233,6 +233,17 @@ mod tests {
     }
 
     #[test]
+    fn our_role_stays_while_a_function_that_is_not_ours_runs_as_it() {
+        let names = Names::new("d").unwrap();
+        let mut observed = everything(true);
+        observed.function.as_mut().unwrap().owned = false;
+        let (steps, skipped) = plan(&names, &observed);
+        assert!(steps.iter().all(|s| s.outcome.resource != "role"));
+        let role = skipped.iter().find(|o| o.resource == "role").unwrap();
+        assert!(role.details[0].contains("execution role"), "{role:?}");
+    }
+
+    #[test]
     fn nothing_there_means_nothing_to_do() {
         let names = Names::new("d").unwrap();
         let (steps, skipped) = plan(&names, &Observed::default());

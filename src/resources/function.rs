@@ -760,6 +760,34 @@ mod tests {
     }
 
     #[test]
+    fn lambdas_states_each_get_their_way_out() {
+        let d = desired();
+        let mut o = matching(&d);
+        o.state = "Failed".into();
+        o.state_reason_code = "InvalidZipFileException".into();
+        let p = plan(&d, Some(&o));
+        assert!(
+            p.describe()[0].contains("deleted and recreated")
+                && p.describe()[0].contains("InvalidZipFileException"),
+            "{p:?}"
+        );
+
+        o.state = "Inactive".into();
+        o.state_reason_code = "Idle".into();
+        let p = plan(&d, Some(&o));
+        assert_eq!(p.reactivate.as_deref(), Some("Inactive (Idle)"));
+        assert!(!p.is_empty(), "reactivating is a change");
+
+        o.state = "Pending".into();
+        o.state_reason_code = "Creating".into();
+        let p = plan(&d, Some(&o));
+        assert!(
+            p.pending && p.is_empty(),
+            "waited on, but nothing to change"
+        );
+    }
+
+    #[test]
     fn each_difference_is_named() {
         let d = desired();
         let mut o = matching(&d);
