@@ -229,11 +229,17 @@ async fn login<'g>(
         }
     };
     let requested = connect.keep_alive;
+    let requested_expiry = connect.session_expiry;
     let (session, session_present) = Session::new(gateway, connect, policy, event, encoder);
-    // MQTT 5 is told when its keep-alive was changed to fit IoT's range.
+    // MQTT 5 is told when its keep-alive or session expiry was cut to fit IoT's limits.
     let keep_alive = session.keep_alive.as_secs() as u16;
-    let properties = (encoder.version == Version::V5)
-        .then(|| codec::announced((keep_alive != requested).then_some(keep_alive)));
+    let properties = (encoder.version == Version::V5).then(|| {
+        let mut properties = codec::announced((keep_alive != requested).then_some(keep_alive));
+        if session.session_expiry != requested_expiry {
+            properties.session_expiry_interval = Some(session.session_expiry.as_secs() as u32);
+        }
+        properties
+    });
     let accepted = Outgoing::ConnAck {
         session_present,
         reason: Reason::Success,
