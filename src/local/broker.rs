@@ -81,7 +81,7 @@ pub struct Membership {
 pub struct Routed {
     /// Queued for a connected subscriber or a persistent session.
     pub delivered: usize,
-    /// QoS 0 messages a full queue refused.
+    /// Messages a full queue refused.
     pub dropped: usize,
 }
 
@@ -224,8 +224,9 @@ impl Registry {
 
     /// Queues `message` for every session with a matching subscription, at the lower of the
     /// message's and the subscription's QoS; a shared subscription's group gets it once, in
-    /// turn. Never waits: a full queue drops a QoS 0 message and, for QoS 1, tells that
-    /// session it is too slow (it then disconnects). Offline persistent sessions queue QoS 1.
+    /// turn. Never waits: a full queue drops the message and, for QoS 1, tells that session
+    /// (which disconnects a client that acknowledges nothing). Offline persistent sessions
+    /// queue QoS 1.
     /// Whether a receiver may `iot:Receive` it is its own connection's check.
     pub fn route(&self, message: &Message, publisher: &str) -> Routed {
         let mut routed = Routed::default();
@@ -255,8 +256,15 @@ impl Registry {
             match &entry.online {
                 Some(online) => match online.deliveries.try_send(copy) {
                     Ok(()) => routed.delivered += 1,
-                    Err(TrySendError::Full(_)) if qos == QoS::AtMostOnce => routed.dropped += 1,
-                    Err(TrySendError::Full(_)) => online.overflow.notify_one(),
+                    // IoT: a client with its in-flight messages unacknowledged "can't receive
+                    // messages". The message is dropped for it; at QoS 1 the session is told,
+                    // and disconnects if the client is not acknowledging anything.
+                    Err(TrySendError::Full(_)) => {
+                        routed.dropped += 1;
+                        if qos == QoS::AtLeastOnce {
+                            online.overflow.notify_one();
+                        }
+                    }
                     Err(TrySendError::Closed(_)) => {}
                 },
                 None if qos == QoS::AtLeastOnce && entry.expires.is_some_and(|e| e > now) => {
@@ -562,7 +570,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_qos0_and_flags_qos1_without_waiting() {
+    fn a_full_queue_drops_and_flags_qos1_without_waiting() {
         let registry = Registry::default();
         let member = registry.join("slow", true);
         registry
@@ -580,7 +588,10 @@ mod tests {
             registry.route(&message("t", QoS::AtMostOnce), "p").dropped,
             1
         );
-        registry.route(&message("t", QoS::AtLeastOnce), "p");
+        assert_eq!(
+            registry.route(&message("t", QoS::AtLeastOnce), "p").dropped,
+            1
+        );
         // The flag is stored: the session sees it at its next wait.
         let notified = member.overflow.notified();
         let waker = futures::task::noop_waker();

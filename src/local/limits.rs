@@ -19,7 +19,7 @@
 //! | Topic aliases per connection            | 8            | DISCONNECT 0x94 over it                               |
 //! | Persistent session expiry               | 1 hour       | IoT's default; a longer request is cut to it          |
 //! | Queued QoS 1 messages per offline session | 1,000 (local) | older ones dropped first                            |
-//! | Deliveries waiting for a slow client    | 1,024 (local)| QoS 0 dropped; a QoS 1 past it disconnects the client |
+//! | Deliveries waiting for a slow client    | 1,024 (local)| past it messages are dropped for it; one acknowledging nothing for 2 s then is disconnected |
 
 use std::time::Duration;
 

@@ -56,6 +56,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOX: usize = 1024;
 /// How long the writer may take to flush the last packets (a DISCONNECT) once a session ends.
 const FLUSH_AT_END: Duration = Duration::from_secs(1);
+/// A client whose QoS 1 messages are being dropped (its queue is full) and that acknowledges
+/// nothing for this long has stopped reading: it is disconnected.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
 /// The writer sends what is queued in writes of up to this many bytes.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -229,11 +232,17 @@ async fn login<'g>(
         }
     };
     let requested = connect.keep_alive;
+    let requested_expiry = connect.session_expiry;
     let (session, session_present) = Session::new(gateway, connect, policy, event, encoder);
-    // MQTT 5 is told when its keep-alive was changed to fit IoT's range.
+    // MQTT 5 is told when its keep-alive or session expiry was cut to fit IoT's limits.
     let keep_alive = session.keep_alive.as_secs() as u16;
-    let properties = (encoder.version == Version::V5)
-        .then(|| codec::announced((keep_alive != requested).then_some(keep_alive)));
+    let properties = (encoder.version == Version::V5).then(|| {
+        let mut properties = codec::announced((keep_alive != requested).then_some(keep_alive));
+        if session.session_expiry != requested_expiry {
+            properties.session_expiry_interval = Some(session.session_expiry.as_secs() as u32);
+        }
+        properties
+    });
     let accepted = Outgoing::ConnAck {
         session_present,
         reason: Reason::Success,
@@ -402,6 +411,8 @@ struct Session<'g> {
     /// Deliveries waiting for room in flight: a resumed session's queue, retained messages.
     backlog: VecDeque<Message>,
     next_packet_id: u16,
+    /// When the client last acknowledged a delivery.
+    last_ack: Instant,
     buf: BytesMut,
 }
 
@@ -465,6 +476,7 @@ impl<'g> Session<'g> {
             inflight_max: usize::from(connect.receive_maximum.min(limits::INFLIGHT)),
             backlog: membership.queued.into(),
             next_packet_id: 0,
+            last_ack: Instant::now(),
             buf: BytesMut::new(),
         };
         (session, membership.session_present)
@@ -537,6 +549,7 @@ impl<'g> Session<'g> {
         let mut last_heard = started;
         let idle_limit = self.keep_alive * 3 / 2;
         let overflow = self.overflow.clone();
+        let mut stall_check: Option<Instant> = None;
         loop {
             while self.inflight.len() < self.inflight_max {
                 let Some(message) = self.backlog.pop_front() else {
@@ -561,13 +574,28 @@ impl<'g> Session<'g> {
                     Reason::SessionTakenOver,
                     "a new connection with the same client ID took over",
                 ),
-                _ = overflow.notified() => close(
-                    Reason::QuotaExceeded,
-                    format!(
-                        "the client did not keep up: {} deliveries were waiting for it",
-                        limits::DELIVERY_QUEUE
-                    ),
-                ),
+                _ = overflow.notified() => {
+                    // A QoS 1 message was dropped for this client: it has STALL_LIMIT to show
+                    // it is still acknowledging.
+                    stall_check.get_or_insert(Instant::now() + STALL_LIMIT);
+                    Step::Continue
+                }
+                _ = sleep_until(stall_check.unwrap_or(disconnect_at)), if stall_check.is_some() => {
+                    let since = stall_check.take().expect("guarded") - STALL_LIMIT;
+                    if self.last_ack < since {
+                        close(
+                            Reason::QuotaExceeded,
+                            format!(
+                                "the client did not keep up: {} deliveries were waiting for it \
+                                 and it acknowledged nothing for {} s",
+                                limits::DELIVERY_QUEUE,
+                                STALL_LIMIT.as_secs()
+                            ),
+                        )
+                    } else {
+                        Step::Continue
+                    }
+                }
                 written = &mut *writer => Step::Close {
                     reason: None,
                     why: match written {
@@ -606,6 +634,7 @@ impl<'g> Session<'g> {
             Incoming::PingReq => self.send_control(Outgoing::PingResp),
             Incoming::PubAck(pkid) => {
                 self.inflight.remove(&pkid);
+                self.last_ack = Instant::now();
                 Step::Continue
             }
             Incoming::Disconnect {
@@ -679,7 +708,7 @@ impl<'g> Session<'g> {
         let routed = registry.route(&message, &self.client_id);
         if routed.dropped > 0 {
             self.log(format!(
-                "a message on {} was dropped for {} subscriber(s) that did not keep up",
+                "a message on {} was dropped for {} subscriber(s) not keeping up",
                 message.topic, routed.dropped
             ));
         }
