@@ -91,6 +91,20 @@ impl MachineFormat {
         }
     }
 
+    /// Patterns shorter than this, in a string that is mostly unmatched, are chance. Hex: any
+    /// length. `openssl rand -hex 16` gives exactly 128 bits with no slack, and about one such
+    /// string in 20 holds a digit run zxcvbn reads as a date, a keypad walk or an a–f word of 5
+    /// or more characters (measured over 3,000); 16 symbols leave a person little to build a
+    /// pattern from, and a string mostly made of them still counts every one. The other formats
+    /// come from generators with slack above 128 bits (24 base64 bytes are 192), so only short
+    /// patterns are forgiven there.
+    fn chance_pattern_chars(self) -> usize {
+        match self {
+            Self::Hex => usize::MAX,
+            Self::Alphanumeric | Self::Base64 => 5,
+        }
+    }
+
     fn bits_per_char(self) -> f64 {
         match self {
             Self::Hex => 4.0,
@@ -143,7 +157,7 @@ pub fn strength(password: &str) -> Strength {
     let bits = match format {
         Some(format) => {
             let padding = (password.len() - password.trim_end_matches('=').len()) as f64;
-            machine_bits(entropy.sequence(), format.bits_per_char()) - 2.0 * padding
+            machine_bits(entropy.sequence(), format) - 2.0 * padding
         }
         None if !saturated => entropy.guesses_log10() * 10f64.log2(),
         None => {
@@ -163,7 +177,7 @@ const SATURATED_RUNS: usize = 8;
 /// Bits of one zxcvbn reading, for picking the lowest.
 fn reading_bits(entropy: &zxcvbn::Entropy, format: Option<MachineFormat>) -> f64 {
     match format {
-        Some(format) => machine_bits(entropy.sequence(), format.bits_per_char()),
+        Some(format) => machine_bits(entropy.sequence(), format),
         None if entropy.guesses() != u64::MAX => entropy.guesses_log10() * 10f64.log2(),
         None => {
             sequence_bits(entropy.sequence(), 10f64.log2())
@@ -188,12 +202,14 @@ fn sequence_bits(sequence: &[zxcvbn::matching::Match], brute_force_bits: f64) ->
 
 /// Like [`sequence_bits`], for a string in a machine format. A random string of 32 hex digits
 /// holds a chance "year" (`1987`), a three-letter word (`bad`) or sequence (`abc`) more often than
-/// not, and at exactly 128 bits any of them would refuse it. So patterns shorter than
-/// `CHANCE_PATTERN_CHARS` count as random characters, unless patterns cover more than half of the
-/// string: random strings are mostly unmatched, while text built of short words or repeats
-/// (`deadbeefcafebabe…`, `BlueFishRunsFast…`) is mostly matched, and then every pattern counts.
-fn machine_bits(sequence: &[zxcvbn::matching::Match], bits_per_char: f64) -> f64 {
-    const CHANCE_PATTERN_CHARS: usize = 5;
+/// not, and at exactly 128 bits any of them would refuse it. So patterns shorter than the
+/// format's [`MachineFormat::chance_pattern_chars`] count as random characters, unless patterns
+/// cover more than half of the string: random strings are mostly unmatched, while text built of
+/// short words or repeats (`deadbeefcafebabe…`, `BlueFishRunsFast…`) is mostly matched, and then
+/// every pattern counts.
+fn machine_bits(sequence: &[zxcvbn::matching::Match], format: MachineFormat) -> f64 {
+    let bits_per_char = format.bits_per_char();
+    let chance_pattern_chars = format.chance_pattern_chars();
     let len = |m: &zxcvbn::matching::Match| m.token.chars().count();
     let total: usize = sequence.iter().map(len).sum();
     let matched: usize = sequence
@@ -206,7 +222,7 @@ fn machine_bits(sequence: &[zxcvbn::matching::Match], bits_per_char: f64) -> f64
         .iter()
         .map(|m| match m.pattern {
             MatchPattern::BruteForce => len(m) as f64 * bits_per_char,
-            _ if chance_allowed && len(m) < CHANCE_PATTERN_CHARS => len(m) as f64 * bits_per_char,
+            _ if chance_allowed && len(m) < chance_pattern_chars => len(m) as f64 * bits_per_char,
             _ => (m.guesses.unwrap_or(1).max(1) as f64).log2(),
         })
         .sum()
@@ -394,6 +410,15 @@ mod tests {
         for _ in 0..200 {
             let pw = generate();
             assert!(check_strength(&pw).is_ok(), "generated {pw} refused");
+        }
+        // `openssl rand -hex 16`: exactly 128 bits, chance dates and words included.
+        for _ in 0..500 {
+            let hex: String = (0..32)
+                .map(|_| char::from_digit(rand::random_range(0..16u32), 16).unwrap())
+                .collect();
+            if let Err(e) = check_strength(&hex) {
+                panic!("{hex} refused: {e:#}");
+            }
         }
     }
 
