@@ -91,18 +91,24 @@ impl MachineFormat {
         }
     }
 
-    /// Patterns shorter than this, in a string that is mostly unmatched, are chance. Hex: any
-    /// length. `openssl rand -hex 16` gives exactly 128 bits with no slack, and about one such
-    /// string in 20 holds a digit run zxcvbn reads as a date, a keypad walk or an a–f word of 5
-    /// or more characters (measured over 3,000); 16 symbols leave a person little to build a
-    /// pattern from, and a string mostly made of them still counts every one. The other formats
-    /// come from generators with slack above 128 bits (24 base64 bytes are 192), so only short
-    /// patterns are forgiven there.
-    fn chance_pattern_chars(self) -> usize {
-        match self {
-            Self::Hex => usize::MAX,
-            Self::Alphanumeric | Self::Base64 => 5,
-        }
+    /// Whether `pattern`, `len` characters long, in a string that patterns cover at most half
+    /// of, is chance rather than a person's choice. Short patterns are chance in every format.
+    /// In hex, digit runs read as dates or years, keypad walks and sequences are chance at any
+    /// length: `openssl rand -hex 16` gives exactly 128 bits with no slack, and about one such
+    /// string in 25 holds one of 5 or more characters (measured over 3,000; a–f words of that
+    /// length, which still count, came up in about 1 in 230). The other formats come from
+    /// generators with slack above 128 bits (24 base64 bytes are 192).
+    fn is_chance(self, pattern: &MatchPattern, len: usize) -> bool {
+        const SHORT: usize = 5;
+        len < SHORT
+            || (self == Self::Hex
+                && matches!(
+                    pattern,
+                    MatchPattern::Date(_)
+                        | MatchPattern::Spatial(_)
+                        | MatchPattern::Sequence(_)
+                        | MatchPattern::Regex(_)
+                ))
     }
 
     fn bits_per_char(self) -> f64 {
@@ -135,36 +141,26 @@ pub fn strength(password: &str) -> Strength {
     .chars()
     .take(ANALYSED_CHARS)
     .collect();
-    // Above 2^64 zxcvbn's optimiser compares saturated (equal) counts, and which reading wins
-    // then follows HashMap order, which differs from call to call: it may keep plain brute force
-    // over a word it found. The lowest of a few runs is the structured reading.
-    let entropy = (0..SATURATED_RUNS)
-        .map(|_| zxcvbn::zxcvbn(&analysed, &[]))
-        .min_by(|a, b| reading_bits(a, format).total_cmp(&reading_bits(b, format)))
-        .expect("at least one run");
+    let readings = readings(&analysed, format);
     // zxcvbn only gives feedback for passwords below 10^10 guesses; what it found says why in
     // every case. Described, never quoted: a refused password may still be in use elsewhere.
     let mut feedback = Vec::new();
-    let found: Vec<String> = entropy.sequence().iter().filter_map(describe).collect();
+    let found: Vec<String> = readings
+        .iter()
+        .flat_map(|e| e.sequence().iter().filter_map(describe))
+        .collect();
     if !found.is_empty() {
         feedback.push(format!("zxcvbn finds {}", found.join(", ")));
     }
-    if let Some(f) = entropy.feedback() {
+    if let Some(f) = readings.iter().find_map(|e| e.feedback()) {
         feedback.extend(f.warning().map(|w| w.to_string()));
         feedback.extend(f.suggestions().iter().map(|s| s.to_string()));
     }
-    let saturated = entropy.guesses() == u64::MAX;
-    let bits = match format {
-        Some(format) => {
-            let padding = (password.len() - password.trim_end_matches('=').len()) as f64;
-            machine_bits(entropy.sequence(), format) - 2.0 * padding
-        }
-        None if !saturated => entropy.guesses_log10() * 10f64.log2(),
-        None => {
-            sequence_bits(entropy.sequence(), 10f64.log2())
-                + log2_factorial(entropy.sequence().len())
-        }
+    let padding = match format {
+        Some(_) => (password.len() - password.trim_end_matches('=').len()) as f64,
+        None => 0.0,
     };
+    let bits = total_bits(&readings, format) - 2.0 * padding;
     Strength {
         bits,
         format,
@@ -172,9 +168,41 @@ pub fn strength(password: &str) -> Strength {
     }
 }
 
-const SATURATED_RUNS: usize = 8;
+/// Characters zxcvbn reads at once: a brute-force reading of 16 characters is 10^16 guesses,
+/// under the 2^64 where its count saturates.
+const PIECE: usize = 16;
 
-/// Bits of one zxcvbn reading, for picking the lowest.
+/// zxcvbn's readings of `text`: one for the whole when its count fits zxcvbn's 64 bits, else one
+/// per piece of [`PIECE`] characters. Past 2^64 zxcvbn's optimiser compares saturated (equal)
+/// counts, and which reading wins then follows HashMap order, different on every call (it may
+/// keep plain brute force over a word it found). A piece never saturates, so its reading is
+/// zxcvbn's own and the same every time. Two cuts, half a piece apart, keep every pattern of up
+/// to 8 characters whole in one of them; the lower total is taken.
+fn readings(text: &str, format: Option<MachineFormat>) -> Vec<zxcvbn::Entropy> {
+    let whole = zxcvbn::zxcvbn(text, &[]);
+    if whole.guesses() != u64::MAX {
+        return vec![whole];
+    }
+    let chars: Vec<char> = text.chars().collect();
+    [0, PIECE / 2]
+        .into_iter()
+        .map(|offset| {
+            let mut cuts = vec![0];
+            cuts.extend((offset..chars.len()).step_by(PIECE).filter(|&c| c > 0));
+            cuts.push(chars.len());
+            cuts.windows(2)
+                .map(|w| zxcvbn::zxcvbn(&chars[w[0]..w[1]].iter().collect::<String>(), &[]))
+                .collect::<Vec<_>>()
+        })
+        .min_by(|a, b| total_bits(a, format).total_cmp(&total_bits(b, format)))
+        .expect("two cuts")
+}
+
+fn total_bits(readings: &[zxcvbn::Entropy], format: Option<MachineFormat>) -> f64 {
+    readings.iter().map(|e| reading_bits(e, format)).sum()
+}
+
+/// Bits of one zxcvbn reading.
 fn reading_bits(entropy: &zxcvbn::Entropy, format: Option<MachineFormat>) -> f64 {
     match format {
         Some(format) => machine_bits(entropy.sequence(), format),
@@ -202,14 +230,13 @@ fn sequence_bits(sequence: &[zxcvbn::matching::Match], brute_force_bits: f64) ->
 
 /// Like [`sequence_bits`], for a string in a machine format. A random string of 32 hex digits
 /// holds a chance "year" (`1987`), a three-letter word (`bad`) or sequence (`abc`) more often than
-/// not, and at exactly 128 bits any of them would refuse it. So patterns shorter than the
-/// format's [`MachineFormat::chance_pattern_chars`] count as random characters, unless patterns
-/// cover more than half of the string: random strings are mostly unmatched, while text built of
+/// not, and at exactly 128 bits any of them would refuse it. So the patterns
+/// [`MachineFormat::is_chance`] calls chance count as random characters, unless patterns cover
+/// more than half of the string: random strings are mostly unmatched, while text built of
 /// short words or repeats (`deadbeefcafebabe…`, `BlueFishRunsFast…`) is mostly matched, and then
 /// every pattern counts.
 fn machine_bits(sequence: &[zxcvbn::matching::Match], format: MachineFormat) -> f64 {
     let bits_per_char = format.bits_per_char();
-    let chance_pattern_chars = format.chance_pattern_chars();
     let len = |m: &zxcvbn::matching::Match| m.token.chars().count();
     let total: usize = sequence.iter().map(len).sum();
     let matched: usize = sequence
@@ -222,7 +249,9 @@ fn machine_bits(sequence: &[zxcvbn::matching::Match], format: MachineFormat) -> 
         .iter()
         .map(|m| match m.pattern {
             MatchPattern::BruteForce => len(m) as f64 * bits_per_char,
-            _ if chance_allowed && len(m) < chance_pattern_chars => len(m) as f64 * bits_per_char,
+            _ if chance_allowed && format.is_chance(&m.pattern, len(m)) => {
+                len(m) as f64 * bits_per_char
+            }
             _ => (m.guesses.unwrap_or(1).max(1) as f64).log2(),
         })
         .sum()
@@ -411,12 +440,18 @@ mod tests {
             let pw = generate();
             assert!(check_strength(&pw).is_ok(), "generated {pw} refused");
         }
-        // `openssl rand -hex 16`: exactly 128 bits, chance dates and words included.
-        for _ in 0..500 {
-            let hex: String = (0..32)
-                .map(|_| char::from_digit(rand::random_range(0..16u32), 16).unwrap())
-                .collect();
-            if let Err(e) = check_strength(&hex) {
+        // `openssl rand -hex 16` is exactly 128 bits: the digit runs zxcvbn reads as a date (the
+        // commonest of the chance patterns found in them) must not refuse it.
+        for hex in [
+            "3f9c2a7b19870315d4c8a9b0e6f2d1c3",
+            "c4d8e2f1a9b7c3d5e20240611b8a7f6e",
+        ] {
+            let found = strength(hex).feedback.join(" ");
+            assert!(
+                found.contains("date") || found.contains("keyboard") || found.contains("sequence"),
+                "{hex} holds no such pattern ({found}): pick another example"
+            );
+            if let Err(e) = check_strength(hex) {
                 panic!("{hex} refused: {e:#}");
             }
         }
