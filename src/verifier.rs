@@ -9,11 +9,10 @@
 //!
 //! The estimate is zxcvbn's (dictionaries, keyboard walks, repeats, sequences, dates, l33t). Two
 //! details of the `zxcvbn` crate shape the code below:
-//! - It counts guesses in a `u64`, which saturates at 2^64, half the bar. Above that, the guess
-//!   count is recomputed in log10 from the match sequence zxcvbn chose: the same formula
-//!   (`len! × Π guesses`, its additive term left out, which only lowers the figure), with each
-//!   brute-force span counted as zxcvbn counts it (10 guesses a character) and every other match
-//!   at zxcvbn's own (never larger than 2^64) figure.
+//! - It counts guesses in a `u64`, which saturates at 2^64, half the bar, and past that its
+//!   choice between readings follows HashMap order. A longer password is therefore read in pieces
+//!   of 16 characters, each well under 2^64 and read the same on every call ([`readings`]), and
+//!   the pieces' bits are added.
 //! - Its brute-force rate of 10 guesses a character is meant for human text, so a random 24-character
 //!   password rates as 10^24, below the bar. Machine-made secrets are therefore recognised by
 //!   their format ([`MachineFormat`]): there each brute-force span counts the bits of the format's
