@@ -99,11 +99,11 @@ fn demo_shows_every_step_with_its_reason_and_leaves_nothing_behind() {
         "accepted: principal sensor1",
         "[2/5] wrong password",
         "authorizer  deny: wrong password",
-        "gateway     CONNECT client \"sensor1\" (user \"sensor1\") refused: the authorizer returned isAuthenticated: false",
+        "gateway     CONNECT MQTT 3.1.1 client \"sensor1\" (user \"sensor1\") refused (reason 0x86): the authorizer returned isAuthenticated: false",
         "[3/5] other client id",
         "authorizer  deny: clientId not allowed",
         "[4/5] topic outside policy",
-        "PUBLISH to telemetry/sensor2 not authorized",
+        "PUBLISH to telemetry/sensor2 refused (0x87): the policy does not allow iot:Publish",
         "publish refused",
         "[5/5] subscriber receives",
         "monitor1 received `demo ",
@@ -265,7 +265,7 @@ async fn setup_without_devices_offers_to_add_the_first_one_on_a_terminal() {
         screen.contains("Store this password now") && screen.contains("authorizer "),
         "{screen}"
     );
-    assert!(screen.contains("changed 5 of 5 resources"), "{screen}");
+    assert!(screen.contains("changed 6 of 6 resources"), "{screen}");
     let config = std::fs::read_to_string(cli.config_path()).unwrap();
     assert!(config.contains("username = \"sensor1\"") && !config.contains(&password));
     // The device it added is the one deployed: the authorizer lets it in.
