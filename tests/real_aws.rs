@@ -412,15 +412,20 @@ fn actions_of(policy: &Value) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// `policy` without `action` (in statement `statement`).
+/// `policy` without `action` (in statement `statement`); a statement left with no action goes
+/// too, as IAM refuses a statement without one.
 fn without(policy: &Value, statement: usize, action: &str) -> Value {
     let mut without = policy.clone();
-    let s = &mut without["Statement"][statement];
-    let kept: Vec<Value> = match &s["Action"] {
+    let statements = without["Statement"].as_array_mut().unwrap();
+    let kept: Vec<Value> = match &statements[statement]["Action"] {
         Value::Array(list) => list.iter().filter(|a| *a != action).cloned().collect(),
         _ => vec![],
     };
-    s["Action"] = Value::Array(kept);
+    if kept.is_empty() {
+        statements.remove(statement);
+    } else {
+        statements[statement]["Action"] = Value::Array(kept);
+    }
     without
 }
 
