@@ -38,7 +38,6 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::server::TlsStream;
 
-use super::ALPN;
 use super::broker::{Gateway, Subscription, shared};
 use super::codec::{
     self, Connect, Decoder, Encoded, Encoder, Filter, Hello, Incoming, Message, Outgoing, Reason,
@@ -76,13 +75,8 @@ async fn serve(gateway: &Gateway, tcp: TcpStream) -> Result<()> {
         .await
         .map_err(|_| anyhow!("TLS handshake timed out"))?
         .context("TLS handshake refused")?;
+    // `gateway.tls` has already refused a client without ALPN `mqtt` with the TLS alert.
     let (_, conn) = tls.get_ref();
-    if conn.alpn_protocol() != Some(ALPN) {
-        bail!(
-            "connection refused: the client did not negotiate ALPN `mqtt`, which IoT requires \
-             for custom authentication on port 443"
-        );
-    }
     let server_name = conn.server_name().map(str::to_string);
     let (read, mut write) = tokio::io::split(tls);
     let mut reader = Reader {
