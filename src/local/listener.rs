@@ -4,7 +4,9 @@
 //! limit is raised to the hard one at start. Also the TLS front door: ALPN `mqtt` or an alert.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,14 +108,30 @@ pub fn logged_in() {
 
 /// Accepts connections for as long as the process runs; each connection runs on its own task.
 pub async fn serve(socket: TcpListener, gateway: Arc<Gateway>, limits: Limits) {
+    let console = gateway.console;
+    accept_loop(|| socket.accept(), limits, console, move |tcp, peer| {
+        session::run(gateway.clone(), tcp, peer)
+    })
+    .await
+}
+
+/// The accept loop behind [`serve`], with where connections come from and what serves one left
+/// open so that a test can make `accept` fail as it does when the process runs out of
+/// descriptors (EMFILE), which the caps normally keep it from reaching.
+async fn accept_loop<A, F, S, C>(mut accept: A, limits: Limits, console: Console, mut serve_one: S)
+where
+    A: FnMut() -> F,
+    F: Future<Output = io::Result<(TcpStream, SocketAddr)>>,
+    S: FnMut(TcpStream, SocketAddr) -> C,
+    C: Future<Output = ()> + Send + 'static,
+{
     let connections = Arc::new(Semaphore::new(limits.connections));
     let pending = Arc::new(Semaphore::new(limits.pending));
-    let console = gateway.console;
     let mut accept_failed = Warning::default();
     let mut turned_away = Warning::default();
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let (tcp, peer) = match socket.accept().await {
+        let (tcp, peer) = match accept().await {
             Ok(accepted) => {
                 backoff = FIRST_BACKOFF;
                 accepted
@@ -148,7 +166,7 @@ pub async fn serve(socket: TcpListener, gateway: Arc<Gateway>, limits: Limits) {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let connection = session::run(gateway.clone(), tcp, peer);
+        let connection = serve_one(tcp, peer);
         tokio::spawn(async move {
             PENDING.scope(RefCell::new(Some(login)), connection).await;
             drop(open);
@@ -268,5 +286,64 @@ mod tests {
             })
             .await;
         logged_in();
+    }
+
+    /// Accept failing as it does out of descriptors is reported (once, then summarised) and
+    /// survived: the connections that come after it are served.
+    #[tokio::test]
+    async fn accept_errors_are_reported_and_survived() {
+        use tokio::io::AsyncReadExt as _;
+        let mut lines = super::super::tap_console().expect("only this unit test taps the console");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let listener = Arc::new(listener);
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+        let accept = move || {
+            let listener = listener.clone();
+            let failures = failures.clone();
+            async move {
+                let left = failures.load(std::sync::atomic::Ordering::SeqCst);
+                if left > 0 {
+                    failures.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+                    // EMFILE, "Too many open files".
+                    return Err(io::Error::from_raw_os_error(24));
+                }
+                listener.accept().await
+            }
+        };
+        let limits = Limits {
+            connections: 8,
+            pending: 8,
+        };
+        let serve_one = |mut tcp: TcpStream, _| async move {
+            let _ = tcp.write_all(b"served").await;
+        };
+        let gateway = tokio::spawn(accept_loop(
+            accept,
+            limits,
+            Console { quiet: true },
+            serve_one,
+        ));
+        for _ in 0..2 {
+            let mut client = TcpStream::connect(address).await.unwrap();
+            let mut reply = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut reply))
+                .await
+                .expect("served after the accept errors")
+                .unwrap();
+            assert_eq!(reply, b"served");
+        }
+        assert!(!gateway.is_finished(), "the accept loop is still running");
+        gateway.abort();
+        let first = lines.recv().await.unwrap();
+        assert!(
+            first.starts_with("accepting a connection failed: Too many open files")
+                && first.ends_with("retrying in 10ms"),
+            "{first}"
+        );
+        assert!(
+            lines.try_recv().is_err(),
+            "the next two failures within {WARN_EVERY:?} are counted, not printed"
+        );
     }
 }
