@@ -296,7 +296,7 @@ function tableStore(obj) {
 export function connectTable(store, sdk) {
   store.client = new sdk.DynamoDBClient({
     maxAttempts: 2,
-    requestHandler: { connectionTimeout: 1000, requestTimeout: 1500 },
+    requestHandler: { connectionTimeout: 1000, requestTimeout: 1500, throwOnRequestTimeout: true },
   });
   store.GetItem = sdk.GetItemCommand;
   return store;
