@@ -36,11 +36,16 @@ export async function run({ devices: N, runs: RUNS, iterations: ITER, stats, ms,
   db.destroy();
   const { username: _u, clientIds: _c, ...item } = deviceItem('x', { verifier: makeVerifier(PW) });
   const seedStart = performance.now();
-  const seeded = await fetch(`${standin.url}/_standin/dynamodb/seed`, {
-    method: 'POST',
-    body: JSON.stringify({ table: TABLE, count: N, prefix: 'sensor', item }),
-  }).then(async (r) => (r.ok ? r.json() : { error: `${r.status} ${await r.text()}` }));
-  if (seeded.items !== N) throw new Error(`seeding failed: ${JSON.stringify(seeded)}`);
+  // In chunks, so that no request outlasts the HTTP client's timeout on a busy machine.
+  const CHUNK = 50000;
+  let seeded;
+  for (let start = 0; start < N; start += CHUNK) {
+    seeded = await fetch(`${standin.url}/_standin/dynamodb/seed`, {
+      method: 'POST',
+      body: JSON.stringify({ table: TABLE, start, count: Math.min(CHUNK, N - start), prefix: 'sensor', item }),
+    }).then(async (r) => (r.ok ? r.json() : { error: `${r.status} ${await r.text()}` }));
+  }
+  if (seeded?.items !== N) throw new Error(`seeding failed: ${JSON.stringify(seeded)}`);
   const seedSeconds = (performance.now() - seedStart) / 1000;
 
   // Lambda's layout: the code in task/, the runtime's SDK on a parent node_modules.
