@@ -3,6 +3,12 @@
 IoT checks, as for a real connection: the function's resource policy must let
 iot.amazonaws.com invoke it for this authorizer (aws-facts §3); the event has the
 shape IoT sends (§2); the reply must satisfy IoT's response contract (§2, §8).
+
+The function runs as in Lambda's Node.js runtime: with Lambda's environment only (region,
+function name, the execution role's temporary credentials, its configured variables), none of
+the stand-in's; and with the AWS SDK for JavaScript v3 that the runtime includes importable by
+bare name, also from an ES module (see _runtime_root). Its AWS calls go to this stand-in
+(AWS_ENDPOINT_URL_DYNAMODB), so a DynamoDB-mode authorizer reads moto's table.
 """
 
 import base64
@@ -27,7 +33,12 @@ import lambda_lifecycle
 import logs
 
 RUNNER = Path(__file__).with_name("invoke.mjs")
-CODE_CACHE = Path(tempfile.gettempdir()) / "iot-custom-auth-standin" / "code"
+STANDIN_DIR = Path(tempfile.gettempdir()) / "iot-custom-auth-standin"
+# Names the directory whose node_modules holds the SDK the Lambda runtime includes
+# (scripts/test installs it, pinned); unset, the function finds no SDK.
+LAMBDA_SDK_VARIABLE = "IOT_CUSTOM_AUTH_LAMBDA_SDK"
+# This stand-in's own URL, set by server.py once it listens: the function's AWS endpoint.
+ENDPOINT_URL: str | None = None
 # "The Lambda function timeout limit for custom authorizer is 5 seconds." (§2)
 AUTHORIZER_TIMEOUT_SECONDS = 5.0
 _PRINCIPAL_ID = re.compile(r"[a-zA-Z0-9]{1,128}")
@@ -183,17 +194,12 @@ def _signature_matches(public_keys_pem, token: str, signature: str) -> bool:
 
 # --- running the handler -------------------------------------------------------------
 def _run_node(fn, event: dict, timeout: float) -> dict:
-    code_dir = _extracted_code(fn.code_bytes)
+    root = _runtime_root()
+    code_dir = _extracted_code(root, fn.code_bytes)
     command = [_node_binary(fn.run_time), str(RUNNER), str(code_dir), fn.handler or "", fn.run_time or ""]
     request_id = str(uuid.uuid4())
-    env = {
-        **os.environ,
-        "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
-        "LAMBDA_TASK_ROOT": str(code_dir),
-        "AWS_REGION": fn.region,
-        "AWS_LAMBDA_FUNCTION_TIMEOUT": str(timeout),
-        **logs.invocation_env(fn, request_id),
-    }
+    env = function_env(fn, code_dir, timeout)
+    env.update(logs.invocation_env(fn, request_id))
     started = time.time()
     try:
         completed = subprocess.run(
@@ -220,6 +226,73 @@ def _run_node(fn, event: dict, timeout: float) -> dict:
     return outcome.get("result")
 
 
+def function_env(fn, code_dir: Path, timeout: float) -> dict:
+    """The environment Lambda gives a function: its configured variables, then the reserved
+    ones (which a function cannot override), nothing of the stand-in's own environment."""
+    env = {k: str(v) for k, v in (fn.environment_vars or {}).items()}
+    env.update(
+        {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
+            "LAMBDA_TASK_ROOT": str(code_dir),
+            "LAMBDA_RUNTIME_DIR": str(code_dir.parent),
+            "AWS_REGION": fn.region,
+            "AWS_DEFAULT_REGION": fn.region,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_{fn.run_time}",
+            "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size or 128),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(timeout),
+            **_role_credentials(fn),
+        }
+    )
+    if ENDPOINT_URL:
+        # The SDK's service-specific endpoint setting (SDK v3 and the Rust SDK honour it).
+        env["AWS_ENDPOINT_URL_DYNAMODB"] = ENDPOINT_URL
+    return env
+
+
+def _role_credentials(fn) -> dict:
+    """Temporary credentials of the function's execution role, as Lambda hands them over: moto's
+    STS AssumeRole with the function name as the session name."""
+    from moto.sts.models import sts_backends
+
+    from partitions import partition_of
+
+    assumed = sts_backends[fn.account_id][partition_of(fn.region)].assume_role(
+        fn.region, fn.function_name, fn.role, None, 3600, None
+    )
+    return {
+        "AWS_ACCESS_KEY_ID": assumed.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": assumed.secret_access_key,
+        "AWS_SESSION_TOKEN": assumed.session_token,
+    }
+
+
+def _runtime_root() -> Path:
+    """Where functions are extracted: a directory whose `node_modules` is the SDK's.
+
+    Lambda's runtime includes the SDK outside the function's code and a function imports it
+    by bare name, also from an ES module, whose resolution ignores NODE_PATH and only walks
+    the importing file's parent directories for `node_modules`. A `node_modules` next to the
+    extracted code directories reproduces that: the function's own node_modules, if it
+    bundles one, still wins, as in Lambda. One root per SDK directory, since stand-ins of
+    several checkouts may share the temp directory.
+    """
+    sdk = os.environ.get(LAMBDA_SDK_VARIABLE, "")
+    key = hashlib.sha256(sdk.encode()).hexdigest()[:16] if sdk else "no-sdk"
+    root = STANDIN_DIR / f"runtime-{key}"
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / "node_modules"
+    if sdk and not link.exists():
+        try:
+            link.symlink_to(Path(sdk).resolve() / "node_modules", target_is_directory=True)
+        except FileExistsError:  # a concurrent invocation made it
+            pass
+    return root
+
+
 def _node_binary(runtime: str | None) -> str:
     version_variable = {"nodejs22.x": "STANDIN_NODE_22", "nodejs24.x": "STANDIN_NODE_24"}.get(runtime or "")
     for variable in (version_variable, "STANDIN_NODE"):
@@ -228,13 +301,12 @@ def _node_binary(runtime: str | None) -> str:
     return shutil.which("node") or "node"
 
 
-def _extracted_code(code: bytes) -> Path:
+def _extracted_code(root: Path, code: bytes) -> Path:
     """The zip extracted once per content, shared by later invocations."""
-    target = CODE_CACHE / hashlib.sha256(code).hexdigest()
+    target = root / hashlib.sha256(code).hexdigest()
     if target.is_dir():
         return target
-    CODE_CACHE.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=CODE_CACHE))
+    staging = Path(tempfile.mkdtemp(dir=root, prefix="staging-"))
     try:
         zipfile.ZipFile(io.BytesIO(code)).extractall(staging)
     except zipfile.BadZipFile:

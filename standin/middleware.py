@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, unquote
 
 import access
 import lambda_lifecycle
+import seed
 import wire
 from behaviour import STATE, BehaviourError, monotonic_ms
 
@@ -78,12 +79,20 @@ class StandInMiddleware:
             if deactivate and method == "POST":
                 region = parse_qs(environ.get("QUERY_STRING", "")).get("region", [None])[0]
                 return _json(start_response, 200, lambda_lifecycle.deactivate(unquote(deactivate.group(1)), region))
+            if route == "dynamodb/seed" and method == "POST":
+                return _json(start_response, 200, seed.seed(json.loads(_read_body(environ) or b"{}")))
             if route == "reset" and method == "POST":
                 _reset_moto()
                 access.reset()
                 STATE.reset()
                 return _json(start_response, 200, {})
-        except (BehaviourError, json.JSONDecodeError, lambda_lifecycle.LifecycleError, access.IdentityError) as err:
+        except (
+            BehaviourError,
+            json.JSONDecodeError,
+            lambda_lifecycle.LifecycleError,
+            access.IdentityError,
+            seed.SeedError,
+        ) as err:
             return _json(start_response, 400, {"error": str(err)})
         return _json(start_response, 404, {"error": f"no control route {method} /_standin/{route}"})
 

@@ -75,6 +75,9 @@ def main() -> None:
         signal.signal(signum, lambda *_: _exit())
 
     host, port = server.server_address[:2]
+    import authorizer_invoke
+
+    authorizer_invoke.ENDPOINT_URL = f"http://{host}:{port}"
     print(f"STANDIN_URL=http://{host}:{port}", flush=True)
     server.serve_forever()
 

@@ -2,7 +2,8 @@
 //
 // Packaged by `iot-custom-auth` as a Lambda zip holding this file (verbatim)
 // and `devices.json` at the zip root; handler `index.handler`; runtime
-// nodejs22.x or nodejs24.x. Node built-ins only.
+// nodejs22.x or nodejs24.x. Node built-ins only, except in DynamoDB mode, where
+// it imports `@aws-sdk/client-dynamodb` from the runtime (never bundled).
 //
 // Contract: see README.md next to this file. In short, the handler never
 // throws; every failure returns exactly `{ isAuthenticated: false }`.
@@ -26,6 +27,14 @@ const PASSWORD_B64_RE = /^[A-Za-z0-9+/_-]+={0,2}$/;
 const STRICT_B64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 const ARN_PREFIX_RE = /^arn:aws(?:-[a-z]+)*:iot:[a-z0-9-]+:[0-9]{12}$/;
 const LOG_FIELD_MAX = 128;
+// DynamoDB table names: 3-255 characters of [a-zA-Z0-9_.-].
+const TABLE_NAME_RE = /^[A-Za-z0-9_.-]{3,255}$/;
+export const MAX_CACHE_SECONDS = 300;
+// Bound of the DynamoDB-mode cache (known and unknown usernames alike), so a
+// scan of random usernames cannot grow memory without limit. A cached device
+// is a few hundred bytes plus its topics: about 10 MB at this bound for
+// typical devices, well inside a 128 MB function.
+export const MAX_CACHE_ENTRIES = 10000;
 
 const DENY = () => ({ isAuthenticated: false });
 
@@ -175,12 +184,38 @@ function compileDevice(entry) {
   const subscribe = entry.subscribe ?? [];
   if (!isStringArray(publish, true)) return { invalid: 'publish malformed' };
   if (!isStringArray(subscribe, true)) return { invalid: 'subscribe malformed' };
+  const previous = [];
+  if (entry.previous !== undefined) {
+    if (!Array.isArray(entry.previous)) return { invalid: 'previous malformed' };
+    for (const p of entry.previous) {
+      const v = p !== null && typeof p === 'object' ? parseVerifier(p.verifier) : null;
+      if (!v || typeof p.expiresAt !== 'number' || !Number.isFinite(p.expiresAt)) {
+        return { invalid: 'previous malformed' };
+      }
+      previous.push({ verifier: v, expiresAt: p.expiresAt });
+    }
+  }
+  if (entry.disabled !== undefined && typeof entry.disabled !== 'boolean') {
+    return { invalid: 'disabled malformed' };
+  }
   return {
     verifier,
+    previous,
+    disabled: entry.disabled === true,
     clientIds: new Set(entry.clientIds),
     publish: [...publish],
     subscribe: [...subscribe],
   };
+}
+
+/**
+ * True iff the password matches the device's current verifier or one of its
+ * previous verifiers (from `device rotate`) whose expiresAt (Unix seconds) is
+ * still in the future by the function's clock.
+ */
+export function passwordMatches(device, passwordBytes, nowSeconds = Date.now() / 1000) {
+  if (verify(device.verifier, passwordBytes)) return true;
+  return device.previous.some((p) => p.expiresAt > nowSeconds && verify(p.verifier, passwordBytes));
 }
 
 // Compiled (validated, verifier decoded) device; raw entries are compiled on
@@ -197,6 +232,10 @@ class Device {
  * Device entries are validated lazily, on first lookup (see lookupDevice): a
  * malformed entry does not invalidate the file, its logins are denied with
  * the reason logged.
+ *
+ * With `"store": { "kind": "dynamodb", "table", "cacheSeconds" }` instead of
+ * `devices`, the store reads devices from that table (see connectTable); it
+ * has no `client` until connectTable gives it one.
  */
 export function loadDevices(obj) {
   if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) {
@@ -211,6 +250,12 @@ export function loadDevices(obj) {
       throw new Error(`devices.json: ${k} missing or not a number`);
     }
   }
+  const common = {
+    arnPrefix: obj.arnPrefix,
+    refreshAfterInSeconds: clampSeconds(obj.refreshAfterInSeconds),
+    disconnectAfterInSeconds: clampSeconds(obj.disconnectAfterInSeconds),
+  };
+  if (obj.store !== undefined) return { ...common, ...tableStore(obj) };
   const d = obj.devices;
   if (d === null || typeof d !== 'object' || Array.isArray(d)) {
     throw new Error('devices.json: devices is not an object');
@@ -219,12 +264,90 @@ export function loadDevices(obj) {
   // own property, so even that name is an ordinary key in the Map.
   const devices = new Map();
   for (const name of Object.keys(d)) devices.set(name, d[name]);
-  return {
-    arnPrefix: obj.arnPrefix,
-    refreshAfterInSeconds: clampSeconds(obj.refreshAfterInSeconds),
-    disconnectAfterInSeconds: clampSeconds(obj.disconnectAfterInSeconds),
-    devices,
+  return { ...common, kind: 'package', devices };
+}
+
+function tableStore(obj) {
+  const st = obj.store;
+  if (st === null || typeof st !== 'object' || Array.isArray(st) || st.kind !== 'dynamodb') {
+    throw new Error('devices.json: store is not { "kind": "dynamodb", ... }');
+  }
+  if (obj.devices !== undefined) throw new Error('devices.json: both store and devices given');
+  if (typeof st.table !== 'string' || !TABLE_NAME_RE.test(st.table)) {
+    throw new Error('devices.json: store.table missing or not a DynamoDB table name');
+  }
+  if (typeof st.cacheSeconds !== 'number' || !Number.isFinite(st.cacheSeconds)) {
+    throw new Error('devices.json: store.cacheSeconds missing or not a number');
+  }
+  const cacheSeconds = Math.min(MAX_CACHE_SECONDS, Math.max(0, Math.trunc(st.cacheSeconds)));
+  return { kind: 'dynamodb', table: st.table, cacheSeconds, cache: new Map(), client: null };
+}
+
+// ---------------------------------------------------------------- DynamoDB
+
+/**
+ * Give a DynamoDB-mode store its client: one per container, created at module
+ * init. Region and endpoint come from the SDK's standard configuration
+ * (AWS_REGION, which Lambda sets; AWS_ENDPOINT_URL_DYNAMODB if set); the
+ * credentials are the execution role's, from Lambda's environment. An
+ * authorizer has 5 s in all, so a read gets 2 attempts with short timeouts
+ * rather than the SDK's default 3 attempts with none.
+ */
+export function connectTable(store, sdk) {
+  store.client = new sdk.DynamoDBClient({
+    maxAttempts: 2,
+    requestHandler: { connectionTimeout: 1000, requestTimeout: 1500, throwOnRequestTimeout: true },
+  });
+  store.GetItem = sdk.GetItemCommand;
+  return store;
+}
+
+// `false` (not null, which `?? []` would accept) marks an attribute of the wrong type.
+const attrStrings = (a) =>
+  a === undefined ? undefined : Array.isArray(a?.L) ? a.L.map((x) => x?.S) : false;
+
+/** A table item (DynamoDB attribute values) as a devices.json entry, for compileDevice. */
+export function entryFromItem(item) {
+  const entry = {
+    verifier: item.verifier?.S,
+    clientIds: attrStrings(item.clientIds),
+    publish: attrStrings(item.publish),
+    subscribe: attrStrings(item.subscribe),
   };
+  if (item.previous !== undefined) {
+    entry.previous = Array.isArray(item.previous?.L)
+      ? item.previous.L.map((p) => ({ verifier: p?.M?.verifier?.S, expiresAt: Number(p?.M?.expiresAt?.N) }))
+      : null;
+  }
+  if (item.disabled !== undefined) entry.disabled = item.disabled?.BOOL ?? null;
+  return entry;
+}
+
+/**
+ * The compiled device for `name` from the table (undefined if there is no
+ * item), through the cache. A read that fails throws; it is not cached.
+ * Known and unknown names are cached for cacheSeconds, least recently used
+ * first out beyond MAX_CACHE_ENTRIES.
+ */
+export async function fetchDevice(store, name) {
+  const now = Date.now();
+  const hit = store.cache.get(name);
+  if (hit !== undefined) {
+    store.cache.delete(name);
+    if (hit.until > now) {
+      store.cache.set(name, hit); // most recently used goes last
+      return hit.device;
+    }
+  }
+  const out = await store.client.send(
+    new store.GetItem({ TableName: store.table, Key: { username: { S: name } }, ConsistentRead: false }),
+  );
+  const device = out.Item ? new Device(compileDevice(entryFromItem(out.Item))) : undefined;
+  if (store.cacheSeconds > 0) {
+    store.cache.set(name, { device, until: now + store.cacheSeconds * 1000 });
+    if (store.cache.size > MAX_CACHE_ENTRIES) store.cache.delete(store.cache.keys().next().value);
+  }
+  return device;
 }
 
 /**
@@ -267,9 +390,9 @@ const nonEmptyString = (s) => typeof s === 'string' && s.length > 0;
 
 /**
  * Decide one login against `store` (from loadDevices, or null = deny all).
- * Returns the IoT authorizer response; never throws. Logs one line.
+ * Resolves to the IoT authorizer response; never rejects. Logs one line.
  */
-export function authorize(store, event) {
+export async function authorize(store, event) {
   let user = null;
   let clientId = null;
   let conn = null;
@@ -294,13 +417,27 @@ export function authorize(store, event) {
     const pw = Buffer.from(password, 'base64');
     if (pw.length === 0) return deny('password empty');
 
-    const device = lookupDevice(store, user);
+    let device;
+    if (store.kind === 'dynamodb') {
+      try {
+        device = await fetchDevice(store, user);
+      } catch (err) {
+        const name = typeof err?.name === 'string' && err.name ? err.name : 'Error';
+        return deny(`store read failed: ${logField(name)}`);
+      }
+    } else {
+      device = lookupDevice(store, user);
+    }
     if (!device) {
       verify(DUMMY_VERIFIER, pw); // same cost as a real check
       return deny('unknown user');
     }
     if (device.invalid) return deny(`invalid device entry: ${device.invalid}`);
-    if (!verify(device.verifier, pw)) return deny('wrong password');
+    if (device.disabled) {
+      verify(DUMMY_VERIFIER, pw);
+      return deny('disabled');
+    }
+    if (!passwordMatches(device, pw)) return deny('wrong password');
     if (!device.clientIds.has(clientId)) return deny('clientId not allowed');
 
     const principalId = principalIdFor(user);
@@ -335,12 +472,24 @@ export function authorize(store, event) {
 
 async function loadStoreFromFile() {
   const url = new URL('./devices.json', import.meta.url);
+  let store;
   try {
     const text = await readFile(url, 'utf8');
-    return loadDevices(JSON.parse(text));
+    store = loadDevices(JSON.parse(text));
   } catch (err) {
     const why = err?.code === 'ENOENT' ? 'devices.json not found' : String(err?.message ?? err);
     console.error(`authorizer: devices.json unusable, every login will be denied: ${why}`);
+    return null;
+  }
+  if (store.kind !== 'dynamodb') return store;
+  // Only DynamoDB mode loads the SDK, so the package mode's cold start is
+  // unchanged. The Lambda Node.js runtimes include AWS SDK v3.
+  try {
+    return connectTable(store, await import('@aws-sdk/client-dynamodb'));
+  } catch (err) {
+    console.error(
+      `authorizer: cannot use DynamoDB table ${store.table}, every login will be denied: ${String(err?.message ?? err)}`,
+    );
     return null;
   }
 }

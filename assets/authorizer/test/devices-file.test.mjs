@@ -75,11 +75,13 @@ test('devices.json is a directory: still loads and denies', async () => {
   await assertAllDenied(mod);
 });
 
-test('index.mjs uses only node: built-ins and no callback-style handler', () => {
+test('index.mjs statically imports only node: built-ins, the SDK only dynamically', () => {
   const src = readFileSync(INDEX, 'utf8');
   const imports = [...src.matchAll(/^\s*import\s[^'"]*['"]([^'"]+)['"]/gm)].map((x) => x[1]);
   assert.ok(imports.length > 0);
   for (const i of imports) assert.match(i, /^node:/);
+  const dynamic = [...src.matchAll(/\bimport\(\s*['"]([^'"]+)['"]\s*\)/g)].map((x) => x[1]);
+  assert.deepEqual(dynamic, ['@aws-sdk/client-dynamodb']);
   assert.ok(!/\bnew Buffer\(/.test(src));
   assert.ok(!/\brequire\(/.test(src));
   assert.match(src, /export const handler = async \(event, context\) =>/);

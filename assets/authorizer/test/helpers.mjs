@@ -1,6 +1,8 @@
 // Shared helpers for the authorizer tests (not a test file itself).
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -92,3 +94,108 @@ export const mqttEvent = (username, password, clientId) => ({
 });
 
 export const DENIED = Object.freeze({ isAuthenticated: false });
+
+// ---------------------------------------------------------------- DynamoDB mode
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+/** The SDK the Lambda runtime includes, as scripts/test installs it. */
+export const LAMBDA_SDK = process.env.IOT_CUSTOM_AUTH_LAMBDA_SDK ?? join(ROOT, 'target/test-env/lambda-sdk');
+const PYTHON = process.env.IOT_CUSTOM_AUTH_TEST_PYTHON ?? join(ROOT, 'target/test-env/venv/bin/python');
+
+/** A devices.json for DynamoDB mode: no devices, the table instead. */
+export function storeJson(table, cacheSeconds = 60, extra = {}) {
+  return {
+    version: 1,
+    arnPrefix: ARN,
+    refreshAfterInSeconds: 300,
+    disconnectAfterInSeconds: 86400,
+    store: { kind: 'dynamodb', table, cacheSeconds },
+    ...extra,
+  };
+}
+
+/**
+ * Import a fresh copy of index.mjs laid out as Lambda's runtime has it: the
+ * code in a directory whose parent holds the runtime's node_modules (the SDK),
+ * unless `withSdk` is false. Returns { mod, errors } like importFresh.
+ */
+export async function importWithRuntime(devicesText, { withSdk = true } = {}) {
+  const root = mkdtempSync(join(tmpdir(), 'authorizer-runtime-'));
+  const task = join(root, 'task');
+  mkdirSync(task);
+  if (withSdk) symlinkSync(join(LAMBDA_SDK, 'node_modules'), join(root, 'node_modules'), 'dir');
+  copyFileSync(INDEX, join(task, 'index.mjs'));
+  writeFileSync(join(task, 'devices.json'), devicesText);
+  const errors = [];
+  const orig = console.error;
+  console.error = (...a) => errors.push(a.join(' '));
+  try {
+    const mod = await import(pathToFileURL(join(task, 'index.mjs')).href);
+    return { mod, errors };
+  } finally {
+    console.error = orig;
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+/** The SDK's DynamoDB client module, for the test's own table operations. */
+export function sdk() {
+  if (!existsSync(join(LAMBDA_SDK, 'node_modules/@aws-sdk/client-dynamodb'))) {
+    throw new Error(`the Lambda runtime's SDK is not installed in ${LAMBDA_SDK}: run scripts/test`);
+  }
+  return createRequire(join(LAMBDA_SDK, 'package.json'))('@aws-sdk/client-dynamodb');
+}
+
+/**
+ * Start the stand-in (standin/server.py, moto's DynamoDB among the rest) and
+ * point the SDK's standard configuration at it, as Lambda's environment plus
+ * the stand-in's AWS_ENDPOINT_URL_DYNAMODB would. Returns { url, stop }.
+ */
+export async function startStandin() {
+  if (!existsSync(PYTHON)) throw new Error(`no Python venv at ${PYTHON}: run scripts/test`);
+  const child = spawn(PYTHON, [join(ROOT, 'standin/server.py'), '--no-aws-delays'], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const url = await new Promise((resolve, reject) => {
+    let out = '';
+    child.on('exit', (code) => reject(new Error(`the stand-in exited with ${code}`)));
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = /STANDIN_URL=(\S+)/.exec(out);
+      if (m) resolve(m[1]);
+    });
+  });
+  Object.assign(process.env, {
+    AWS_REGION: 'us-east-1',
+    AWS_ACCESS_KEY_ID: 'AKIAIOSFODNN7EXAMPLE',
+    AWS_SECRET_ACCESS_KEY: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY',
+    AWS_ENDPOINT_URL_DYNAMODB: url,
+  });
+  const stop = () =>
+    new Promise((resolve) => {
+      child.removeAllListeners('exit');
+      child.on('exit', resolve);
+      child.stdin.end(); // the stand-in exits at end of its stdin
+    });
+  return { url, stop };
+}
+
+/** A device item as the CLI writes it (see the issue-13 contract). */
+export function deviceItem(username, { password, verifier, previous, disabled, clientIds, publish, subscribe } = {}) {
+  const strings = (xs) => ({ L: xs.map((S) => ({ S })) });
+  const item = {
+    username: { S: username },
+    verifier: { S: verifier ?? makeVerifier(password) },
+    clientIds: strings(clientIds ?? [username]),
+    publish: strings(publish ?? [`telemetry/${username}`]),
+    subscribe: strings(subscribe ?? []),
+    updatedAt: { S: new Date().toISOString() },
+  };
+  if (previous) {
+    item.previous = {
+      L: previous.map((p) => ({ M: { verifier: { S: p.verifier }, expiresAt: { N: String(p.expiresAt) } } })),
+    };
+  }
+  if (disabled !== undefined) item.disabled = { BOOL: disabled };
+  return item;
+}
