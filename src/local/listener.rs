@@ -109,9 +109,12 @@ pub fn logged_in() {
 /// Accepts connections for as long as the process runs; each connection runs on its own task.
 pub async fn serve(socket: TcpListener, gateway: Arc<Gateway>, limits: Limits) {
     let console = gateway.console;
-    accept_loop(|| socket.accept(), limits, console, move |tcp, peer| {
-        session::run(gateway.clone(), tcp, peer)
-    })
+    accept_loop(
+        || socket.accept(),
+        limits,
+        console,
+        move |tcp, peer| session::run(gateway.clone(), tcp, peer),
+    )
     .await
 }
 
