@@ -81,7 +81,10 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
     let options = SetupOptions {
         replace_default: args.replace_default,
     };
-    let walk = resources::walk();
+    let walk: Vec<_> = resources::walk()
+        .into_iter()
+        .filter(|r| r.deployed(&desired))
+        .collect();
     for resource in &walk {
         resource.refuse(&desired, &observed, &options)?;
     }

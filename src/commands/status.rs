@@ -381,6 +381,7 @@ mod tests {
                 trust_policy: role::trust_policy(),
                 attached: vec![d.basic_execution_policy_arn()],
                 inline: vec![],
+                devices_policy: None,
                 owned: true,
             }),
             function: Some(function::Observed {
@@ -421,6 +422,7 @@ mod tests {
                 retention_days: Some(30),
                 owned: true,
             }),
+            table: None,
         };
         (d, o)
     }
