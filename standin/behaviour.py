@@ -170,7 +170,7 @@ def monotonic_ms() -> float:
 
 
 def is_mutating(operation: str) -> bool:
-    read_only_prefixes = ("Get", "List", "Describe", "TestInvoke", "FilterLogEvents")
+    read_only_prefixes = ("Get", "List", "Describe", "TestInvoke", "FilterLogEvents", "Scan", "Query", "BatchGet")
     return not (operation.startswith(read_only_prefixes) or operation == "GetCallerIdentity")
 
 
