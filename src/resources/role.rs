@@ -92,15 +92,44 @@ pub fn trusts_only_lambda(doc: &Value) -> bool {
 }
 
 pub async fn read(iam: &Client, names: &Names) -> Result<Option<Observed>> {
-    let role = match iam.get_role().role_name(&names.role).send().await {
-        Ok(out) => out.role.context("GetRole returned no role")?,
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_no_such_entity_exception()) =>
-        {
+    let role = async {
+        match iam.get_role().role_name(&names.role).send().await {
+            Ok(out) => Ok(Some(out.role.context("GetRole returned no role")?)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_no_such_entity_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e).aws("iam:GetRole"),
+        }
+    };
+    // Asked at once with GetRole rather than after ListRolePolicies, so reading the role stays
+    // two round trips; NoSuchEntity means no role or no such policy.
+    let devices_policy = async {
+        if names.store != CredentialStore::Dynamodb {
             return Ok(None);
         }
-        Err(e) => return Err(e).aws("iam:GetRole"),
+        match iam
+            .get_role_policy()
+            .role_name(&names.role)
+            .policy_name(DEVICES_POLICY)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(url_decoded_json(out.policy_document()))),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_no_such_entity_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e).aws("iam:GetRolePolicy"),
+        }
+    };
+    let (role, devices_policy) = tokio::try_join!(role, devices_policy)?;
+    let Some(role) = role else {
+        return Ok(None);
     };
     let (attached, inline) = tokio::try_join!(
         async {
@@ -119,19 +148,6 @@ pub async fn read(iam: &Client, names: &Names) -> Result<Option<Observed>> {
         }
     )?;
     let inline = inline.policy_names().to_vec();
-    let devices_policy =
-        if names.store == CredentialStore::Dynamodb && inline.iter().any(|p| p == DEVICES_POLICY) {
-            let out = iam
-                .get_role_policy()
-                .role_name(&names.role)
-                .policy_name(DEVICES_POLICY)
-                .send()
-                .await
-                .aws("iam:GetRolePolicy")?;
-            Some(url_decoded_json(out.policy_document()))
-        } else {
-            None
-        };
     Ok(Some(Observed {
         arn: role.arn().to_string(),
         trust_policy: url_decoded_json(role.assume_role_policy_document().unwrap_or_default()),
