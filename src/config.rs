@@ -506,6 +506,30 @@ mod tests {
     }
 
     #[test]
+    fn the_credential_store_and_its_cache_bound() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.deployment.credential_store, CredentialStore::Package);
+        assert_eq!(c.deployment.cache_seconds, 60);
+        let mut c: Config =
+            toml::from_str("[deployment]\ncredential_store = \"dynamodb\"\ncache_seconds = 0\n")
+                .unwrap();
+        assert_eq!(c.deployment.credential_store, CredentialStore::Dynamodb);
+        assert!(c.validate().is_ok(), "0 = no cache");
+        c.deployment.cache_seconds = MAX_CACHE_SECONDS;
+        assert!(c.validate().is_ok());
+        c.deployment.cache_seconds = MAX_CACHE_SECONDS + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("cache_seconds") && err.contains("300"),
+            "{err}"
+        );
+        let err = toml::from_str::<Config>("[deployment]\ncredential_store = \"s3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("package") && err.contains("dynamodb"), "{err}");
+    }
+
+    #[test]
     fn log_retention_must_be_a_period_cloudwatch_accepts() {
         let mut c = Config::default();
         assert_eq!(c.deployment.log_retention_days, 30);
