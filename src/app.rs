@@ -35,7 +35,7 @@ impl App {
             .as_deref()
             .or(config.deployment.name.as_deref())
             .unwrap_or(names::DEFAULT_NAME);
-        Names::new(name)
+        Ok(Names::new(name)?.with_store(config.deployment.credential_store))
     }
 
     pub async fn clients(&self) -> Result<&Clients> {

@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, ZipArchive, ZipWriter};
 
-use crate::config::{Config, Device};
+use crate::config::{Config, CredentialStore, Device};
 use crate::error::Failure;
+use crate::names::Names;
 
 /// The bundled authorizer, compiled into the binary so the tool works from anywhere.
 pub const AUTHORIZER_SOURCE: &str = include_str!("../assets/authorizer/index.mjs");
@@ -49,7 +50,20 @@ struct DeviceData<'a> {
     arn_prefix: String,
     refresh_after_in_seconds: u32,
     disconnect_after_in_seconds: u32,
-    devices: BTreeMap<&'a str, DeviceEntry>,
+    /// The package store: every device, in the package.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<BTreeMap<&'a str, DeviceEntry>>,
+    /// The DynamoDB store: where to read them instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<Store>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Store {
+    kind: &'static str,
+    table: String,
+    cache_seconds: u32,
 }
 
 #[derive(Serialize)]
@@ -71,11 +85,32 @@ pub fn arn_prefix_in(partition: &str, region: &str, account: &str) -> String {
     format!("arn:{partition}:iot:{region}:{account}")
 }
 
-/// The authorizer's data file for `devices`. Verifiers live here, inside the package, rather than
-/// in environment variables (4 KB in total): 10,000 devices take about 2 MB, far below Lambda's
-/// 50 MB zip limit, and load once per cold start.
-pub fn device_data(config: &Config, arn_prefix: &str) -> String {
-    let devices = config
+/// The authorizer's data file for `devices`. With the package store, verifiers live here, inside
+/// the package, rather than in environment variables (4 KB in total): 10,000 devices take about
+/// 2 MB, far below Lambda's 50 MB zip limit, and load once per cold start. With the DynamoDB
+/// store it names the table instead and holds no device, so the package is the same bytes
+/// whatever the devices and a device change never redeploys the function.
+pub fn device_data(config: &Config, names: &Names, arn_prefix: &str) -> String {
+    let dynamodb = config.deployment.credential_store == CredentialStore::Dynamodb;
+    let store = dynamodb.then(|| Store {
+        kind: "dynamodb",
+        table: names.table.clone(),
+        cache_seconds: config.deployment.cache_seconds,
+    });
+    let devices = (!dynamodb).then(|| package_devices(config));
+    let data = DeviceData {
+        version: 1,
+        arn_prefix: arn_prefix.to_string(),
+        refresh_after_in_seconds: config.deployment.refresh_after_seconds,
+        disconnect_after_in_seconds: config.deployment.disconnect_after_seconds,
+        devices,
+        store,
+    };
+    serde_json::to_string(&data).expect("device data serializes")
+}
+
+fn package_devices(config: &Config) -> BTreeMap<&str, DeviceEntry> {
+    config
         .devices
         .iter()
         .map(|d: &Device| {
@@ -89,25 +124,36 @@ pub fn device_data(config: &Config, arn_prefix: &str) -> String {
                 },
             )
         })
-        .collect();
-    let data = DeviceData {
-        version: 1,
-        arn_prefix: arn_prefix.to_string(),
-        refresh_after_in_seconds: config.deployment.refresh_after_seconds,
-        disconnect_after_in_seconds: config.deployment.disconnect_after_seconds,
-        devices,
-    };
-    serde_json::to_string(&data).expect("device data serializes")
+        .collect()
 }
 
 /// The package `setup` deploys: the user's own code when configured, else the bundled authorizer
 /// with the config's devices.
 pub fn build(config: &Config, code: Option<&Path>, arn_prefix: &str) -> Result<Package> {
+    let name = config
+        .deployment
+        .name
+        .as_deref()
+        .unwrap_or(crate::names::DEFAULT_NAME);
+    let names = Names::new(name)?.with_store(config.deployment.credential_store);
+    build_for(config, &names, code, arn_prefix)
+}
+
+/// [`build`] for the deployment `names` (its table, with the DynamoDB store).
+pub fn build_for(
+    config: &Config,
+    names: &Names,
+    code: Option<&Path>,
+    arn_prefix: &str,
+) -> Result<Package> {
     match code.or(config.deployment.code.as_deref()) {
         Some(path) => user_package(path, &config.deployment.handler),
         None => {
             let files = [
-                ("devices.json", device_data(config, arn_prefix).into_bytes()),
+                (
+                    "devices.json",
+                    device_data(config, names, arn_prefix).into_bytes(),
+                ),
                 ("index.mjs", AUTHORIZER_SOURCE.as_bytes().to_vec()),
             ];
             Ok(Package::new(
@@ -251,10 +297,41 @@ mod tests {
         assert_ne!(a.sha256, other.sha256);
     }
 
+    fn names() -> Names {
+        Names::new("fleet").unwrap()
+    }
+
+    #[test]
+    fn with_dynamodb_the_package_names_the_table_and_holds_no_device() {
+        let mut c = config();
+        c.deployment.credential_store = CredentialStore::Dynamodb;
+        c.deployment.cache_seconds = 30;
+        let data: serde_json::Value =
+            serde_json::from_str(&device_data(&c, &names(), "arn:aws:iot:r:1")).unwrap();
+        assert!(data.get("devices").is_none(), "{data}");
+        assert_eq!(
+            data["store"],
+            serde_json::json!({"kind": "dynamodb", "table": "fleet-devices", "cacheSeconds": 30})
+        );
+        assert_eq!(data["version"], 1);
+        assert_eq!(data["arnPrefix"], "arn:aws:iot:r:1");
+        // The same bytes whatever the devices: a device change never redeploys the function.
+        let a = build_for(&c, &names(), None, "arn:aws:iot:r:1").unwrap();
+        c.devices.clear();
+        let b = build_for(&c, &names(), None, "arn:aws:iot:r:1").unwrap();
+        assert_eq!(a.sha256, b.sha256);
+        c.deployment.credential_store = CredentialStore::Package;
+        let package = build_for(&c, &names(), None, "arn:aws:iot:r:1").unwrap();
+        assert_ne!(
+            a.sha256, package.sha256,
+            "switching stores is a code update"
+        );
+    }
+
     #[test]
     fn device_data_applies_the_defaults() {
         let data: serde_json::Value =
-            serde_json::from_str(&device_data(&config(), "arn:aws:iot:r:1")).unwrap();
+            serde_json::from_str(&device_data(&config(), &names(), "arn:aws:iot:r:1")).unwrap();
         assert_eq!(data["devices"]["sensor1"]["clientIds"][0], "sensor1");
         assert_eq!(
             data["devices"]["sensor1"]["publish"][0],
@@ -262,6 +339,7 @@ mod tests {
         );
         assert_eq!(data["refreshAfterInSeconds"], 300);
         assert_eq!(data["arnPrefix"], "arn:aws:iot:r:1");
+        assert!(data.get("store").is_none());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub const LOG_RETENTION_DAYS: &[i32] = &[
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
     3288, 3653,
 ];
+/// The longest `cache_seconds`: a removed or disabled device must stop logging in within minutes.
+pub const MAX_CACHE_SECONDS: u32 = 300;
 /// Longest username / client ID we accept: IoT's principalId and client ID limits are 128.
 const MAX_ID_LEN: usize = 128;
 /// IoT's topic limits: 256 bytes, at most 7 forward slashes.
@@ -57,6 +59,22 @@ pub struct Deployment {
     pub handler: String,
     /// Days CloudWatch Logs keeps the authorizer's log lines (one of [`LOG_RETENTION_DAYS`]).
     pub log_retention_days: i32,
+    /// Where the devices live: in the function's package, or in a DynamoDB table.
+    pub credential_store: CredentialStore,
+    /// dynamodb only: how long the authorizer caches a device's item, which bounds how long a
+    /// removed, disabled or expired device can still log in; 0 = no cache.
+    pub cache_seconds: u32,
+}
+
+/// Where the authorizer finds the devices.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialStore {
+    /// `devices.json` inside the function's package (every device change redeploys it).
+    #[default]
+    Package,
+    /// The table `<deployment>-devices`, read one item per login.
+    Dynamodb,
 }
 
 impl Default for Deployment {
@@ -72,6 +90,8 @@ impl Default for Deployment {
             code: None,
             handler: "index.handler".to_string(),
             log_retention_days: 30,
+            credential_store: CredentialStore::Package,
+            cache_seconds: 60,
         }
     }
 }
@@ -171,6 +191,11 @@ impl Config {
                     .map(i32::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
+            );
+        }
+        if d.cache_seconds > MAX_CACHE_SECONDS {
+            bail!(
+                "deployment.cache_seconds must be 0..={MAX_CACHE_SECONDS} (it bounds how long a removed or disabled device can still log in)"
             );
         }
         let mut usernames = HashMap::new();
@@ -478,6 +503,30 @@ mod tests {
         c.deployment.refresh_after_seconds = 300;
         c.deployment.timeout_seconds = 6;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_credential_store_and_its_cache_bound() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.deployment.credential_store, CredentialStore::Package);
+        assert_eq!(c.deployment.cache_seconds, 60);
+        let mut c: Config =
+            toml::from_str("[deployment]\ncredential_store = \"dynamodb\"\ncache_seconds = 0\n")
+                .unwrap();
+        assert_eq!(c.deployment.credential_store, CredentialStore::Dynamodb);
+        assert!(c.validate().is_ok(), "0 = no cache");
+        c.deployment.cache_seconds = MAX_CACHE_SECONDS;
+        assert!(c.validate().is_ok());
+        c.deployment.cache_seconds = MAX_CACHE_SECONDS + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("cache_seconds") && err.contains("300"),
+            "{err}"
+        );
+        let err = toml::from_str::<Config>("[deployment]\ncredential_store = \"s3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("package") && err.contains("dynamodb"), "{err}");
     }
 
     #[test]

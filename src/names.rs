@@ -3,6 +3,7 @@
 
 use anyhow::{Result, bail};
 
+use crate::config::CredentialStore;
 use crate::error::Failure;
 
 pub const DEFAULT_NAME: &str = "iot-custom-auth";
@@ -44,6 +45,10 @@ pub struct Names {
     pub function: String,
     pub authorizer: String,
     pub statement_id: String,
+    pub table: String,
+    /// Where the devices live: `setup`, `status` and `teardown` look for the table only when it
+    /// is `dynamodb`, so a package deployment makes no DynamoDB call and needs no permission.
+    pub store: CredentialStore,
 }
 
 impl Names {
@@ -72,7 +77,14 @@ impl Names {
             function: format!("{deployment}-authorizer"),
             authorizer: deployment.to_string(),
             statement_id: format!("{deployment}-iot-invoke"),
+            table: format!("{deployment}-devices"),
+            store: CredentialStore::Package,
         })
+    }
+
+    /// The same names for a deployment whose devices live in `store`.
+    pub fn with_store(self, store: CredentialStore) -> Self {
+        Self { store, ..self }
     }
 
     pub fn authorizer_arn(&self, partition: &str, region: &str, account: &str) -> String {
@@ -86,6 +98,13 @@ impl Names {
         format!(
             "arn:{partition}:lambda:{region}:{account}:function:{}",
             self.function
+        )
+    }
+
+    pub fn table_arn(&self, partition: &str, region: &str, account: &str) -> String {
+        format!(
+            "arn:{partition}:dynamodb:{region}:{account}:table/{}",
+            self.table
         )
     }
 
@@ -111,6 +130,11 @@ mod tests {
         assert_eq!(n.function, "fleet-a-authorizer");
         assert_eq!(n.authorizer, "fleet-a");
         assert_eq!(n.statement_id, "fleet-a-iot-invoke");
+        assert_eq!(n.table, "fleet-a-devices");
+        assert_eq!(
+            n.table_arn("aws", "eu-west-1", "111122223333"),
+            "arn:aws:dynamodb:eu-west-1:111122223333:table/fleet-a-devices"
+        );
         assert_eq!(
             n.authorizer_arn("aws", "eu-west-1", "111122223333"),
             "arn:aws:iot:eu-west-1:111122223333:authorizer/fleet-a"
@@ -146,6 +170,8 @@ mod tests {
         assert!(n.role.len() <= 64);
         assert!(n.function.len() <= 64);
         assert!(n.statement_id.len() <= 100);
+        // DynamoDB table names: 3 to 255 characters of [a-zA-Z0-9_.-].
+        assert!(n.table.len() <= 255);
     }
 
     #[test]

@@ -41,6 +41,7 @@ _DENIED = {
     "lambda": ("AccessDeniedException", 403),
     "iot": ("AccessDeniedException", 403),
     "logs": ("AccessDeniedException", 400),
+    "dynamodb": ("AccessDeniedException", 400),
 }
 
 

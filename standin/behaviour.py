@@ -15,6 +15,8 @@ DEFAULTS = {
     "role_propagation_seconds": 2.0,
     "function_pending_seconds": 1.0,
     "function_update_seconds": 1.0,
+    # A new DynamoDB table stays CREATING this long before it is ACTIVE (dynamodb_lifecycle.py).
+    "table_create_seconds": 1.0,
     "enforce_trust_policy": True,
     "duplicate_statement_conflict": True,
     "block_deprecated_runtimes": True,
@@ -37,11 +39,17 @@ _FLOATS = (
     "role_propagation_seconds",
     "function_pending_seconds",
     "function_update_seconds",
+    "table_create_seconds",
     "latency_ms",
     "delete_role_conflict_seconds",
 )
 # The real-AWS delays that `--no-aws-delays` zeroes (`latency_ms` is not one of them).
-_DELAYS = ("role_propagation_seconds", "function_pending_seconds", "function_update_seconds")
+_DELAYS = (
+    "role_propagation_seconds",
+    "function_pending_seconds",
+    "function_update_seconds",
+    "table_create_seconds",
+)
 _BOOLS = (
     "enforce_trust_policy",
     "duplicate_statement_conflict",
@@ -162,7 +170,7 @@ def monotonic_ms() -> float:
 
 
 def is_mutating(operation: str) -> bool:
-    read_only_prefixes = ("Get", "List", "Describe", "TestInvoke", "FilterLogEvents")
+    read_only_prefixes = ("Get", "List", "Describe", "TestInvoke", "FilterLogEvents", "Scan", "Query", "BatchGet")
     return not (operation.startswith(read_only_prefixes) or operation == "GetCallerIdentity")
 
 

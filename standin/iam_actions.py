@@ -97,6 +97,8 @@ def needs(request: Request, role_path) -> list[Need] | None:
         return _iot(request, action)
     if service == "logs":
         return [Need(action, _logs_resource(request))]
+    if service == "dynamodb":
+        return _dynamodb(request, action)
     return [Need(action, "*")]
 
 
@@ -197,3 +199,33 @@ def _logs_resource(request: Request) -> str:
     group = request.param("logGroupName") or ""
     stream = request.param("logStreamName") or ""
     return _arn(request, "logs", f"log-group:{group}:log-stream:{stream}")
+
+
+# --- DynamoDB ---------------------------------------------------------------------------
+# SAR "Actions, resources, and condition keys for Amazon DynamoDB": table operations act on
+# `arn:${Partition}:dynamodb:${Region}:${Account}:table/${TableName}`; `dynamodb:Select` is the
+# condition key of Query and Scan (default ALL_ATTRIBUTES when the request names none, as the API
+# reference for Scan says).
+_DYNAMODB_SELECT = {"Query", "Scan"}
+
+
+def table_arn(request: Request, name: str) -> str:
+    return name if name.startswith("arn:") else _arn(request, "dynamodb", f"table/{name}")
+
+
+def _dynamodb(request: Request, action: str) -> list[Need]:
+    if request.operation in ("TagResource", "UntagResource", "ListTagsOfResource"):
+        return [Need(action, request.param("ResourceArn") or "*")]
+    name = request.param("TableName")
+    if not name:
+        return [Need(action, "*")]
+    arn = table_arn(request, name)
+    context = {}
+    if request.operation in _DYNAMODB_SELECT:
+        context["dynamodb:select"] = [request.param("Select") or "ALL_ATTRIBUTES"]
+    result = [Need(action, arn, context)]
+    # [3rd] DynamoDB Developer Guide, "Tagging resources" / ABAC: creating a table with tags
+    # needs dynamodb:TagResource as well as dynamodb:CreateTable.
+    if request.operation == "CreateTable" and request.body.get("Tags"):
+        result.append(Need("dynamodb:TagResource", arn))
+    return result

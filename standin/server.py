@@ -20,7 +20,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--role-propagation-seconds", type=float)
     parser.add_argument("--function-pending-seconds", type=float)
     parser.add_argument("--function-update-seconds", type=float)
-    parser.add_argument("--no-aws-delays", action="store_true", help="set the three delays to 0")
+    parser.add_argument("--table-create-seconds", type=float)
+    parser.add_argument("--no-aws-delays", action="store_true", help="set the four delays to 0")
     parser.add_argument("--latency-ms", type=float, help="added before serving each AWS call (default 0)")
     return parser.parse_args()
 
@@ -41,6 +42,7 @@ def main() -> None:
 
     import access
     import behaviour
+    import dynamodb_lifecycle
     import iot_authorizers
     import lambda_lifecycle
     import lambda_realism
@@ -54,6 +56,7 @@ def main() -> None:
             role_propagation_seconds=args.role_propagation_seconds,
             function_pending_seconds=args.function_pending_seconds,
             function_update_seconds=args.function_update_seconds,
+            table_create_seconds=args.table_create_seconds,
             latency_ms=args.latency_ms,
         )
     )
@@ -62,6 +65,7 @@ def main() -> None:
     lambda_realism.install()
     lambda_lifecycle.install()  # wraps on top of lambda_realism's wrappers
     logs.install()
+    dynamodb_lifecycle.install()
     access.install()
 
     app = StandInMiddleware(DomainDispatcherApplication(create_backend_app))

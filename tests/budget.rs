@@ -139,6 +139,61 @@ fn setup_with_nothing_to_change_reads_each_thing_once_and_writes_nothing() {
     );
 }
 
+/// With `credential_store = "dynamodb"` the same, plus five reads: DescribeTable (the table),
+/// ListTagsOfResource (its owner tag), DescribeContinuousBackups (PITR), a one-item `Scan` with
+/// `Select=COUNT` (whether it holds devices) and GetRolePolicy (the role's grant on it, asked with
+/// GetRole). Still two round trips: the table's follow-ups run with the role's and the
+/// authorizer's.
+#[test]
+fn with_dynamodb_setup_with_nothing_to_change_adds_five_reads_and_no_round_trip() {
+    let standin = StandIn::start();
+    let cli = Cli::new(&standin);
+    std::fs::write(
+        cli.config_path(),
+        "[deployment]\ncredential_store = \"dynamodb\"\n",
+    )
+    .unwrap();
+    cli.run(&["setup"]).expect(0);
+    standin.clear_calls();
+    standin.set_behaviour(json!({"latency_ms": LATENCY_MS}));
+    let run = cli.run(&["setup"]).expect(0);
+    assert!(
+        run.stdout.contains("changed 0 of 7"),
+        "setup found something to change:\n{}",
+        run.stdout
+    );
+    let calls = standin.calls();
+    assert_eq!(writes(&calls), Vec::<String>::new(), "{}", timeline(&calls));
+    let reads = qualified(&calls);
+    assert!(
+        reads.len() <= 17,
+        "{} reads:\n{}",
+        reads.len(),
+        timeline(&calls)
+    );
+    for op in [
+        "dynamodb:DescribeTable",
+        "dynamodb:ListTagsOfResource",
+        "dynamodb:DescribeContinuousBackups",
+        "dynamodb:Scan",
+        "iam:GetRolePolicy",
+    ] {
+        assert!(
+            reads.contains(&op.to_string()),
+            "no {op}:\n{}",
+            timeline(&calls)
+        );
+    }
+    let repeated: Vec<_> = tally(&reads).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(repeated.is_empty(), "read more than once: {repeated:?}");
+    assert!(
+        round_trips(&calls) <= 2,
+        "the reads ran in {} sequential steps, not 2:\n{}",
+        round_trips(&calls),
+        timeline(&calls)
+    );
+}
+
 /// `status` writes nothing and issues its independent reads concurrently: the seven that need
 /// nothing from another answer are all in flight at the same time, and the whole check costs two
 /// round trips, as `setup`'s read phase does (the same 12 reads, see above).

@@ -503,3 +503,125 @@ fn teardown_fails_without_each_action_of_its_printed_policy() {
         );
     }
 }
+
+/// With the DynamoDB store: the actions that store adds to each printed policy (the table's and
+/// the role's grant's), each one removed in turn, make the command fail naming it.
+#[test]
+fn dynamodb_commands_fail_without_each_action_the_store_adds() {
+    use aws_sdk_dynamodb::types::{BillingMode, ProvisionedThroughput};
+    let standin = StandIn::start_with(&["--no-aws-delays"]);
+    let cli = Cli::new(&standin);
+    std::fs::write(
+        cli.config_path(),
+        "[deployment]\ncredential_store = \"dynamodb\"\n",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Drift that makes setup read and repair everything of the store: provisioned billing, PITR
+    // off, a widened grant.
+    let drift = || {
+        rt.block_on(async {
+            let config = standin.sdk_config().await;
+            let db = aws_sdk_dynamodb::Client::new(&config);
+            db.update_table()
+                .table_name("iot-custom-auth-devices")
+                .billing_mode(BillingMode::Provisioned)
+                .provisioned_throughput(
+                    ProvisionedThroughput::builder()
+                        .read_capacity_units(1)
+                        .write_capacity_units(1)
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .expect("UpdateTable");
+            db.update_continuous_backups()
+                .table_name("iot-custom-auth-devices")
+                .point_in_time_recovery_specification(
+                    aws_sdk_dynamodb::types::PointInTimeRecoverySpecification::builder()
+                        .point_in_time_recovery_enabled(false)
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .expect("UpdateContinuousBackups");
+            aws_sdk_iam::Client::new(&config)
+                .put_role_policy()
+                .role_name("iot-custom-auth-authorizer-role")
+                .policy_name("read-devices-table")
+                .policy_document(
+                    json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "dynamodb:*", "Resource": "*"}]})
+                        .to_string(),
+                )
+                .send()
+                .await
+                .expect("PutRolePolicy");
+        })
+    };
+    let added = |action: &str| {
+        action.starts_with("dynamodb:")
+            || ["iam:GetRolePolicy", "iam:PutRolePolicy"].contains(&action)
+    };
+    let mut covered = Vec::new();
+    for command in ["setup", "status", "teardown"] {
+        let policy = cli
+            .run(&["iam-policy", "--for", command, "--output", "json"])
+            .expect(0)
+            .json();
+        for (n, (statement, action)) in actions_of(&policy).iter().enumerate() {
+            if !added(action) {
+                continue;
+            }
+            standin.reset();
+            // Creating is what a fresh setup does; everything else needs the table there.
+            let fresh = command == "setup"
+                && ["dynamodb:CreateTable", "dynamodb:TagResource"].contains(&action.as_str());
+            if !fresh {
+                cli.run(&["setup"]).expect(0);
+                if command == "setup" {
+                    drift();
+                }
+            }
+            let identity = standin.identity(
+                &format!("{command}-{n}"),
+                &without(&policy, *statement, action),
+            );
+            let env = standin.env_as(&identity);
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let args: &[&str] = match command {
+                "teardown" => &["teardown", "--yes"],
+                other => &[other],
+            };
+            let run = cli.run_with(args, None, &env);
+            assert_ne!(
+                run.code, 0,
+                "{command} passed without {action}:\n{}",
+                run.stdout
+            );
+            let said = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                said.contains(&format!("not authorized to perform: {action}")),
+                "without {action}, {command} did not name it:\n{said}"
+            );
+            covered.push(format!("{command} {action}"));
+        }
+    }
+    for want in [
+        "setup dynamodb:CreateTable",
+        "setup dynamodb:TagResource",
+        "setup dynamodb:UpdateTable",
+        "setup dynamodb:UpdateContinuousBackups",
+        "setup iam:PutRolePolicy",
+        "status dynamodb:Scan",
+        "status iam:GetRolePolicy",
+        "teardown dynamodb:DeleteTable",
+    ] {
+        assert!(
+            covered.iter().any(|c| c == want),
+            "{want} not covered: {covered:?}"
+        );
+    }
+}

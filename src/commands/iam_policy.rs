@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use crate::config::CredentialStore;
 use crate::error::exit;
 use crate::names::{Names, basic_execution_policy_arn, partition_of_region};
 
@@ -55,7 +56,7 @@ struct Needs {
     pass_role: bool,
 }
 
-fn needs(command: For) -> Needs {
+fn needs(command: For, names: &Names) -> Needs {
     let mut n = Needs {
         role: READ_ROLE.to_vec(),
         function: READ_FUNCTION.to_vec(),
@@ -98,6 +99,13 @@ fn needs(command: For) -> Needs {
         n.account.push("iot:ClearDefaultAuthorizer");
         n.pass_role = true;
     }
+    if names.store == CredentialStore::Dynamodb {
+        // The role's grant on the devices table: read by all, written by setup.
+        n.role.push("iam:GetRolePolicy");
+        if setup {
+            n.role.push("iam:PutRolePolicy");
+        }
+    }
     if setup || teardown {
         n.role
             .extend(["iam:DetachRolePolicy", "iam:DeleteRolePolicy"]);
@@ -120,6 +128,51 @@ fn needs(command: For) -> Needs {
         list.dedup();
     }
     n
+}
+
+/// DynamoDB actions on the devices table, per command (none with the package store). The exact
+/// emptiness check is a Scan allowed only with `Select = COUNT` ([`table_statements`]).
+fn table_needs(command: For) -> Vec<&'static str> {
+    let mut actions = vec![
+        "dynamodb:DescribeContinuousBackups",
+        "dynamodb:DescribeTable",
+        "dynamodb:ListTagsOfResource",
+    ];
+    if matches!(command, For::Setup | For::All) {
+        // CreateTable with tags needs TagResource too.
+        actions.extend([
+            "dynamodb:CreateTable",
+            "dynamodb:TagResource",
+            "dynamodb:UpdateContinuousBackups",
+            "dynamodb:UpdateTable",
+        ]);
+    }
+    if matches!(command, For::Teardown | For::All) {
+        actions.push("dynamodb:DeleteTable");
+    }
+    actions.sort_unstable();
+    actions
+}
+
+/// The statements for the devices table, scoped to its ARN. `dynamodb:Scan` is limited by the
+/// `dynamodb:Select` condition key to `COUNT`: it tells whether the table holds devices without
+/// revealing any (DynamoDB's condition keys, Service Authorization Reference).
+fn table_statements(
+    command: For,
+    names: &Names,
+    partition: &str,
+    region: &str,
+    account: &str,
+) -> Vec<Value> {
+    if names.store != CredentialStore::Dynamodb || command == For::Logs {
+        return vec![];
+    }
+    let arn = names.table_arn(partition, region, account);
+    vec![
+        json!({"Sid": "DevicesTable", "Effect": "Allow", "Action": table_needs(command), "Resource": arn}),
+        json!({"Sid": "CountDevicesOnly", "Effect": "Allow", "Action": "dynamodb:Scan", "Resource": arn,
+            "Condition": {"StringEquals": {"dynamodb:Select": "COUNT"}}}),
+    ]
 }
 
 /// CloudWatch Logs actions on the function's log group, per command.
@@ -193,7 +246,7 @@ pub fn document(
         );
         return json!({"Version": "2012-10-17", "Statement": statements});
     }
-    let n = needs(command);
+    let n = needs(command, names);
     let role_arn = names.role_arn(partition, account);
     let mut statements = vec![
         json!({"Sid": "ExecutionRole", "Effect": "Allow", "Action": n.role, "Resource": role_arn}),
@@ -221,6 +274,7 @@ pub fn document(
     statements.extend(log_group_statements(
         command, names, partition, region, account,
     ));
+    statements.extend(table_statements(command, names, partition, region, account));
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
@@ -325,6 +379,51 @@ mod tests {
             pass["Resource"],
             "arn:aws:iam::111122223333:role/d-authorizer-role"
         );
+    }
+
+    #[test]
+    fn the_devices_table_grows_the_policies_only_with_the_dynamodb_store() {
+        let package = Names::new("d").unwrap();
+        let dynamodb = Names::new("d")
+            .unwrap()
+            .with_store(CredentialStore::Dynamodb);
+        for command in [For::Setup, For::Status, For::Teardown, For::All] {
+            let doc = document(command, &package, "aws", "eu-west-1", "111122223333");
+            assert!(!doc.to_string().contains("dynamodb"), "{command:?}: {doc}");
+            let doc = document(command, &dynamodb, "aws", "eu-west-1", "111122223333");
+            let statements = doc["Statement"].as_array().unwrap();
+            let table = "arn:aws:dynamodb:eu-west-1:111122223333:table/d-devices";
+            for s in statements
+                .iter()
+                .filter(|s| s.to_string().contains("dynamodb:"))
+            {
+                assert_eq!(s["Resource"], table, "{command:?}: {s}");
+            }
+            let scan = statements
+                .iter()
+                .find(|s| s["Action"] == "dynamodb:Scan")
+                .unwrap();
+            assert_eq!(
+                scan["Condition"]["StringEquals"]["dynamodb:Select"],
+                "COUNT"
+            );
+            let all = actions(&doc);
+            assert!(all.contains(&"iam:GetRolePolicy".to_string()));
+            assert_eq!(
+                all.contains(&"dynamodb:CreateTable".to_string()),
+                matches!(command, For::Setup | For::All)
+            );
+            assert_eq!(
+                all.contains(&"dynamodb:DeleteTable".to_string()),
+                matches!(command, For::Teardown | For::All)
+            );
+            assert!(
+                !all.contains(&"dynamodb:GetItem".to_string()),
+                "operators never read verifiers"
+            );
+        }
+        let logs = document(For::Logs, &dynamodb, "aws", "eu-west-1", "111122223333");
+        assert!(!logs.to_string().contains("dynamodb"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::app::App;
+use crate::config::CredentialStore;
 use crate::error::exit;
 use crate::resources::{self, Action, Desired, Outcome, SetupOptions, Step, endpoint};
 
@@ -55,7 +56,13 @@ pub struct Connection {
 pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
     let mut config = app.config()?;
     let names = app.names(&config)?;
-    if config.devices.is_empty() && args.code.is_none() && config.deployment.code.is_none() {
+    // With the DynamoDB store the devices live in the table, which setup creates: an empty
+    // config is the normal case, and devices are added after setup.
+    if config.deployment.credential_store == CredentialStore::Package
+        && config.devices.is_empty()
+        && args.code.is_none()
+        && config.deployment.code.is_none()
+    {
         config = crate::commands::device::first_device(app)?;
     }
     let clients = app.clients().await?;
@@ -81,7 +88,10 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
     let options = SetupOptions {
         replace_default: args.replace_default,
     };
-    let walk = resources::walk();
+    let walk: Vec<_> = resources::walk()
+        .into_iter()
+        .filter(|r| r.deployed(&desired))
+        .collect();
     for resource in &walk {
         resource.refuse(&desired, &observed, &options)?;
     }

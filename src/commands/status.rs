@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::commands::connect::{self, ConnectOptions};
-use crate::config::Config;
+use crate::config::{Config, CredentialStore};
 use crate::error::{AwsResultExt, Failure, exit, is_access_denied};
 use crate::resources::check::{Check, SETUP, State, check, fail, ok, skip};
 use crate::resources::{self, Desired, Observed, endpoint};
@@ -140,6 +140,18 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<u8> {
 }
 
 fn probe_password(config: &Config, user: &str, stdin: bool) -> Result<String> {
+    // [silent] The probe compares the policy the authorizer returns with the device's client IDs
+    // and topics. With the DynamoDB store those are in the table, and status's policy does not
+    // read items (dynamodb:GetItem would also reveal verifiers), so it says so instead of
+    // guessing.
+    if config.deployment.credential_store == CredentialStore::Dynamodb {
+        bail!(Failure::usage(
+            "--probe-user is not available yet with credential_store = \"dynamodb\": status does not read devices from the table",
+            format!(
+                "log in as the device with `iot-custom-auth connect --username {user}` instead"
+            )
+        ));
+    }
     if config.device(user).is_none() {
         bail!(Failure::usage(
             format!("--probe-user: no device `{user}` in the config"),
@@ -381,6 +393,7 @@ mod tests {
                 trust_policy: role::trust_policy(),
                 attached: vec![d.basic_execution_policy_arn()],
                 inline: vec![],
+                devices_policy: None,
                 owned: true,
             }),
             function: Some(function::Observed {
@@ -421,6 +434,7 @@ mod tests {
                 retention_days: Some(30),
                 owned: true,
             }),
+            table: None,
         };
         (d, o)
     }

@@ -2,6 +2,11 @@
 //! ([`resources::walk_back`]; the order AWS requires: default authorizer → authorizer, deactivated
 //! first → permission → function → role), and only what carries this deployment's owner tag.
 //! Keeps going past a failure and reports each one.
+//!
+//! A devices table that still holds devices is kept unless `--delete-devices`: everything else is
+//! removed, the table is reported `kept` with how to export the devices first, and teardown exits
+//! 1, because the deployment is not gone (the table is still billed for its storage) and a script
+//! must not take it for done. `teardown --delete-devices` then finishes the job.
 
 use std::fmt;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -13,13 +18,18 @@ use serde::Serialize;
 use crate::app::App;
 use crate::error::{Failure, exit};
 use crate::names::Names;
-use crate::resources::{self, Action, Observed, Outcome, Removal, Resource};
+use crate::resources::{self, Action, Observed, Outcome, Removal, Resource, TeardownOptions};
 
 #[derive(Debug, Args)]
 pub struct TeardownArgs {
     /// Don't ask for confirmation (required when stdin is not a terminal).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Also delete the devices table (credential_store = "dynamodb") when it still holds
+    /// devices; without it the table is kept. Export them first: `iot-custom-auth device export
+    /// > devices.jsonl`.
+    #[arg(long)]
+    pub delete_devices: bool,
 }
 
 /// One deletion, decided from what was read: the resource and the result it gives.
@@ -30,11 +40,15 @@ struct Deletion {
 
 /// Pure: what to delete, in AWS's order ([`resources::walk_back`]), and what to leave alone
 /// (not ours).
-fn plan(names: &Names, observed: &Observed) -> (Vec<Deletion>, Vec<Outcome>) {
+fn plan(
+    names: &Names,
+    observed: &Observed,
+    options: &TeardownOptions,
+) -> (Vec<Deletion>, Vec<Outcome>) {
     let mut deletions = Vec::new();
     let mut skipped = Vec::new();
     for resource in resources::walk_back() {
-        match resource.removal(names, observed) {
+        match resource.removal_with(names, observed, options) {
             Removal::Absent => {}
             Removal::Delete(outcome) => deletions.push(Deletion { resource, outcome }),
             Removal::Skip(outcome) => skipped.push(outcome),
@@ -61,12 +75,16 @@ pub async fn run(app: &App, args: TeardownArgs) -> Result<u8> {
         names.deployment, clients.region
     ));
     let (_identity, observed) = resources::read_all(clients, &names).await?;
-    let (steps, mut outcomes) = plan(&names, &observed);
+    let options = TeardownOptions {
+        delete_devices: args.delete_devices,
+    };
+    let (steps, mut outcomes) = plan(&names, &observed, &options);
+    // Something of ours kept on purpose: the deployment is not gone.
+    let mut remaining = outcomes.iter().any(|o| o.action == Action::Kept);
 
     if !steps.is_empty() && !args.yes {
         confirm(&clients.region, &steps)?;
     }
-    let mut remaining = false;
     for Deletion { resource, outcome } in steps {
         app.progress(format!("removing {} {}...", outcome.resource, outcome.name));
         let outcome = match resource.delete(app, clients, &names, &observed).await {
@@ -133,11 +151,20 @@ impl fmt::Display for Report {
             }
             writeln!(f)?;
         }
+        let kept = self.resources.iter().any(|o| o.action == Action::Kept);
         if self.resources.iter().all(|o| o.action == Action::Skipped) {
             writeln!(
                 f,
                 "nothing of deployment `{}` remained in {}; nothing to remove",
                 self.deployment, self.region
+            )
+        } else if kept && self.resources.iter().all(|o| o.action != Action::Failed) {
+            writeln!(
+                f,
+                "removed {removed} resources of deployment `{}` from {}; kept its devices table: {}",
+                self.deployment,
+                self.region,
+                resources::table::EXPORT_HINT
             )
         } else if self.remaining {
             writeln!(
@@ -167,6 +194,7 @@ mod tests {
                 trust_policy: role::trust_policy(),
                 attached: vec![],
                 inline: vec![],
+                devices_policy: None,
                 owned,
             }),
             function: Some(f::Observed {
@@ -198,13 +226,14 @@ mod tests {
                 retention_days: None,
                 owned,
             }),
+            table: None,
         }
     }
 
     #[test]
     fn removal_follows_awss_order() {
         let names = Names::new("d").unwrap();
-        let (steps, skipped) = plan(&names, &everything(true));
+        let (steps, skipped) = plan(&names, &everything(true), &TeardownOptions::default());
         let order: Vec<(&str, Action)> = steps
             .iter()
             .map(|s| (s.outcome.resource, s.outcome.action))
@@ -226,7 +255,7 @@ mod tests {
     #[test]
     fn what_is_not_ours_is_left_alone_and_reported() {
         let names = Names::new("d").unwrap();
-        let (steps, skipped) = plan(&names, &everything(false));
+        let (steps, skipped) = plan(&names, &everything(false), &TeardownOptions::default());
         assert!(steps.is_empty());
         assert_eq!(skipped.len(), 4);
         assert!(skipped.iter().all(|o| o.action == Action::Skipped));
@@ -237,7 +266,7 @@ mod tests {
         let names = Names::new("d").unwrap();
         let mut observed = everything(true);
         observed.function.as_mut().unwrap().owned = false;
-        let (steps, skipped) = plan(&names, &observed);
+        let (steps, skipped) = plan(&names, &observed, &TeardownOptions::default());
         assert!(steps.iter().all(|s| s.outcome.resource != "role"));
         let role = skipped.iter().find(|o| o.resource == "role").unwrap();
         assert!(role.details[0].contains("execution role"), "{role:?}");
@@ -246,7 +275,7 @@ mod tests {
     #[test]
     fn nothing_there_means_nothing_to_do() {
         let names = Names::new("d").unwrap();
-        let (steps, skipped) = plan(&names, &Observed::default());
+        let (steps, skipped) = plan(&names, &Observed::default(), &TeardownOptions::default());
         assert!(steps.is_empty() && skipped.is_empty());
     }
 }

@@ -23,6 +23,7 @@ pub mod function;
 pub mod log_group;
 pub mod permission;
 pub mod role;
+pub mod table;
 
 use anyhow::Result;
 use futures::future::BoxFuture;
@@ -41,6 +42,7 @@ pub use check::Check;
 pub static RESOURCES: &[&dyn Resource] = &[
     &role::RESOURCE,
     &log_group::RESOURCE,
+    &table::RESOURCE,
     &function::RESOURCE,
     &authorizer::RESOURCE,
     &permission::RESOURCE,
@@ -100,6 +102,11 @@ pub trait Resource: Sync {
     fn removed_after(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Whether this deployment has the resource at all (the devices table only with the DynamoDB
+    /// store); `setup` neither plans nor reports one it has not.
+    fn deployed(&self, _desired: &Desired) -> bool {
+        true
+    }
     /// Observes the resource; "not found" is a reading, not an error.
     fn read<'a>(&'a self, clients: &'a Clients, names: &'a Names)
     -> BoxFuture<'a, Result<Reading>>;
@@ -120,6 +127,15 @@ pub trait Resource: Sync {
     fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>>;
     /// `teardown`: whether to delete it, or to leave it alone and why.
     fn removal(&self, names: &Names, observed: &Observed) -> Removal;
+    /// `teardown`: [`Resource::removal`] when its flags matter (`--delete-devices`).
+    fn removal_with(
+        &self,
+        names: &Names,
+        observed: &Observed,
+        _options: &TeardownOptions,
+    ) -> Removal {
+        self.removal(names, observed)
+    }
     /// `teardown`: deletes it; already gone is success.
     fn delete<'a>(
         &'a self,
@@ -135,6 +151,13 @@ pub trait Resource: Sync {
 pub struct SetupOptions {
     /// --replace-default: another authorizer being the default is no reason to stop.
     pub replace_default: bool,
+}
+
+/// What `teardown`'s flags change about removing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TeardownOptions {
+    /// --delete-devices: a devices table that still holds devices is deleted too.
+    pub delete_devices: bool,
 }
 
 /// What `setup` hands each resource's `apply`.
@@ -170,6 +193,8 @@ pub struct Desired {
     pub timeout_seconds: i32,
     pub default_authorizer: bool,
     pub log_retention_days: i32,
+    /// Where the devices live; with `dynamodb` the table and the role's read grant are desired.
+    pub store: crate::config::CredentialStore,
 }
 
 impl Desired {
@@ -183,8 +208,9 @@ impl Desired {
         default_authorizer: bool,
     ) -> Result<Self> {
         let prefix = bundle::arn_prefix_in(&identity.partition, region, &identity.account);
-        let package = bundle::build(config, code, &prefix)?;
+        let package = bundle::build_for(config, &names, code, &prefix)?;
         Ok(Self {
+            store: names.store,
             names,
             account: identity.account.clone(),
             partition: identity.partition.clone(),
@@ -216,6 +242,10 @@ impl Desired {
         self.names
             .authorizer_arn(&self.partition, &self.region, &self.account)
     }
+    pub fn table_arn(&self) -> String {
+        self.names
+            .table_arn(&self.partition, &self.region, &self.account)
+    }
 }
 
 /// Everything there is to know about the deployment in AWS, read in one go.
@@ -227,6 +257,7 @@ pub struct Observed {
     pub permission: Option<permission::Observed>,
     pub default_authorizer: Option<String>,
     pub log_group: Option<log_group::Observed>,
+    pub table: Option<table::Observed>,
 }
 
 impl Observed {
@@ -236,6 +267,7 @@ impl Observed {
             && self.authorizer.is_none()
             && self.permission.is_none()
             && !self.log_group.as_ref().is_some_and(|g| g.owned)
+            && !self.table.as_ref().is_some_and(|t| t.owned)
     }
 }
 
@@ -264,6 +296,8 @@ pub enum Action {
     Cleared,
     /// Left alone because this deployment does not own it.
     Skipped,
+    /// Ours, but kept on purpose (a devices table that still holds devices).
+    Kept,
     Failed,
 }
 
@@ -275,7 +309,7 @@ impl Action {
             Action::Updated => "updating",
             Action::Deleted => "deleting",
             Action::Cleared => "clearing",
-            Action::Unchanged | Action::Skipped | Action::Failed => "checking",
+            Action::Unchanged | Action::Skipped | Action::Kept | Action::Failed => "checking",
         }
     }
 
@@ -291,6 +325,7 @@ impl Action {
             (Action::Cleared, true) => "would clear",
             (Action::Unchanged, _) => "unchanged",
             (Action::Skipped, _) => "skipped",
+            (Action::Kept, _) => "kept",
             (Action::Failed, _) => "failed",
         }
     }
@@ -369,6 +404,7 @@ pub mod tests {
             [
                 "role",
                 "log-group",
+                "table",
                 "function",
                 "authorizer",
                 "permission",
@@ -393,7 +429,8 @@ pub mod tests {
                 "permission",
                 "function",
                 "role",
-                "log-group"
+                "log-group",
+                "table"
             ]
         );
         let mut kinds: Vec<_> = RESOURCES.iter().map(|r| r.kind()).collect();
@@ -419,6 +456,7 @@ pub mod tests {
             timeout_seconds: 5,
             default_authorizer: true,
             log_retention_days: 30,
+            store: crate::config::CredentialStore::Package,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The function's IAM execution role: trusts only `lambda.amazonaws.com`, carries
-//! `AWSLambdaBasicExecutionRole` and nothing else.
+//! `AWSLambdaBasicExecutionRole` and nothing else, except with the DynamoDB store one inline
+//! policy ([`DEVICES_POLICY`]) that allows `dynamodb:GetItem` on the devices table and nothing
+//! more. Any other inline policy is drift and is deleted.
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use futures::future::BoxFuture;
 
 use crate::app::App;
 use crate::aws::Clients;
+use crate::config::CredentialStore;
 use crate::error::{AwsResultExt, Failure};
 use crate::names::{Names, OWNER_TAG, owned_by};
 use crate::resources::check::{SETUP, check, fail, ok};
@@ -27,7 +30,30 @@ pub struct Observed {
     pub trust_policy: Value,
     pub attached: Vec<String>,
     pub inline: Vec<String>,
+    /// The document of [`DEVICES_POLICY`], read only with the DynamoDB store.
+    pub devices_policy: Option<Value>,
     pub owned: bool,
+}
+
+/// The name of the role's inline policy that lets the function read the devices table.
+pub const DEVICES_POLICY: &str = "read-devices-table";
+
+/// One item per login, by key: GetItem on the table, nothing else (no Scan, no writes).
+pub fn devices_policy(table_arn: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "ReadDevices",
+            "Effect": "Allow",
+            "Action": "dynamodb:GetItem",
+            "Resource": table_arn
+        }]
+    })
+}
+
+/// The inline policy the role should carry: only with the DynamoDB store.
+pub fn desired_devices_policy(desired: &Desired) -> Option<Value> {
+    (desired.store == CredentialStore::Dynamodb).then(|| devices_policy(&desired.table_arn()))
 }
 
 pub fn trust_policy() -> Value {
@@ -66,15 +92,44 @@ pub fn trusts_only_lambda(doc: &Value) -> bool {
 }
 
 pub async fn read(iam: &Client, names: &Names) -> Result<Option<Observed>> {
-    let role = match iam.get_role().role_name(&names.role).send().await {
-        Ok(out) => out.role.context("GetRole returned no role")?,
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_no_such_entity_exception()) =>
-        {
+    let role = async {
+        match iam.get_role().role_name(&names.role).send().await {
+            Ok(out) => Ok(Some(out.role.context("GetRole returned no role")?)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_no_such_entity_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e).aws("iam:GetRole"),
+        }
+    };
+    // Asked at once with GetRole rather than after ListRolePolicies, so reading the role stays
+    // two round trips; NoSuchEntity means no role or no such policy.
+    let devices_policy = async {
+        if names.store != CredentialStore::Dynamodb {
             return Ok(None);
         }
-        Err(e) => return Err(e).aws("iam:GetRole"),
+        match iam
+            .get_role_policy()
+            .role_name(&names.role)
+            .policy_name(DEVICES_POLICY)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(url_decoded_json(out.policy_document()))),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_no_such_entity_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e).aws("iam:GetRolePolicy"),
+        }
+    };
+    let (role, devices_policy) = tokio::try_join!(role, devices_policy)?;
+    let Some(role) = role else {
+        return Ok(None);
     };
     let (attached, inline) = tokio::try_join!(
         async {
@@ -92,25 +147,30 @@ pub async fn read(iam: &Client, names: &Names) -> Result<Option<Observed>> {
                 .aws("iam:ListRolePolicies")
         }
     )?;
-    // IAM returns the trust policy URL-encoded.
-    let raw = role.assume_role_policy_document().unwrap_or_default();
-    let decoded = urlencoding::decode(raw)
-        .map(|c| c.into_owned())
-        .unwrap_or_else(|_| raw.to_string());
+    let inline = inline.policy_names().to_vec();
     Ok(Some(Observed {
         arn: role.arn().to_string(),
-        trust_policy: serde_json::from_str(&decoded).unwrap_or(Value::Null),
+        trust_policy: url_decoded_json(role.assume_role_policy_document().unwrap_or_default()),
         attached: attached
             .attached_policies()
             .iter()
             .filter_map(|p| p.policy_arn().map(str::to_owned))
             .collect(),
-        inline: inline.policy_names().to_vec(),
+        inline,
+        devices_policy,
         owned: owned_by(
             role.tags().iter().map(|t| (t.key(), t.value())),
             &names.deployment,
         ),
     }))
+}
+
+/// IAM returns policy documents URL-encoded.
+fn url_decoded_json(raw: &str) -> Value {
+    let decoded = urlencoding::decode(raw)
+        .map(|c| c.into_owned())
+        .unwrap_or_else(|_| raw.to_string());
+    serde_json::from_str(&decoded).unwrap_or(Value::Null)
 }
 
 /// The changes that bring an existing role to the desired state (empty: nothing to do).
@@ -121,6 +181,8 @@ pub struct Plan {
     pub attach_basic: bool,
     pub detach: Vec<String>,
     pub delete_inline: Vec<String>,
+    /// The devices table read grant to write (missing or different).
+    pub put_devices_policy: Option<Value>,
 }
 
 impl crate::resources::Planned for Plan {
@@ -148,26 +210,37 @@ impl Plan {
                 .iter()
                 .map(|p| format!("delete inline policy {p}")),
         );
+        if self.put_devices_policy.is_some() && !self.create {
+            d.push(format!(
+                "inline policy {DEVICES_POLICY}: dynamodb:GetItem on the devices table"
+            ));
+        }
         d
     }
 }
 
 /// Pure: what to change, with `basic` the ARN of AWSLambdaBasicExecutionRole in the caller's
-/// partition. An existing role that is not ours must be handled by the caller.
-pub fn plan(basic: &str, observed: Option<&Observed>) -> Plan {
+/// partition and `devices` the inline policy the DynamoDB store needs (None: no inline policy
+/// at all). An existing role that is not ours must be handled by the caller.
+pub fn plan(basic: &str, devices: Option<&Value>, observed: Option<&Observed>) -> Plan {
     let Some(o) = observed else {
         return Plan {
             create: true,
             attach_basic: true,
+            put_devices_policy: devices.cloned(),
             ..Plan::default()
         };
     };
+    let keep = |name: &String| devices.is_some() && name == DEVICES_POLICY;
     Plan {
         create: false,
         update_trust: !trusts_only_lambda(&o.trust_policy),
         attach_basic: !o.attached.iter().any(|a| a == basic),
         detach: o.attached.iter().filter(|a| *a != basic).cloned().collect(),
-        delete_inline: o.inline.clone(),
+        delete_inline: o.inline.iter().filter(|p| !keep(p)).cloned().collect(),
+        put_devices_policy: devices
+            .filter(|want| o.devices_policy.as_ref() != Some(*want))
+            .cloned(),
     }
 }
 
@@ -208,6 +281,15 @@ pub async fn apply(iam: &Client, desired: &Desired, plan: &Plan) -> Result<()> {
             .send()
             .await
             .aws("iam:AttachRolePolicy")?;
+    }
+    if let Some(document) = &plan.put_devices_policy {
+        iam.put_role_policy()
+            .role_name(&names.role)
+            .policy_name(DEVICES_POLICY)
+            .policy_document(document.to_string())
+            .send()
+            .await
+            .aws("iam:PutRolePolicy")?;
     }
     detach_all(iam, names, &plan.detach, &plan.delete_inline).await
 }
@@ -320,14 +402,19 @@ impl Resource for Role {
         };
         let basic_arn = desired.basic_execution_policy_arn();
         let basic = r.attached.contains(&basic_arn);
+        let want_devices = desired_devices_policy(desired);
         let extra: Vec<&str> = r
             .attached
             .iter()
             .filter(|a| **a != basic_arn)
-            .chain(&r.inline)
+            .chain(
+                r.inline
+                    .iter()
+                    .filter(|p| want_devices.is_none() || *p != DEVICES_POLICY),
+            )
             .map(String::as_str)
             .collect();
-        vec![
+        let mut checks = vec![
             ok("role.exists", r.arn.clone()),
             check(
                 "role.owned",
@@ -354,7 +441,28 @@ impl Resource for Role {
                 },
                 SETUP,
             ),
-        ]
+        ];
+        if let Some(want) = want_devices {
+            checks.push(check(
+                "role.table_access",
+                r.devices_policy.as_ref() == Some(&want),
+                format!(
+                    "inline policy {DEVICES_POLICY}: dynamodb:GetItem on {}",
+                    desired.names.table
+                ),
+                match &r.devices_policy {
+                    None => format!(
+                        "no inline policy {DEVICES_POLICY}: the function cannot read the devices table, so every login is refused"
+                    ),
+                    Some(_) => format!(
+                        "inline policy {DEVICES_POLICY} differs from dynamodb:GetItem on {} alone",
+                        desired.names.table
+                    ),
+                },
+                SETUP,
+            ));
+        }
+        checks
     }
 
     fn refuse(&self, desired: &Desired, observed: &All, _: &SetupOptions) -> Result<()> {
@@ -371,6 +479,7 @@ impl Resource for Role {
     fn plan(&self, desired: &Desired, observed: &All) -> Outcome {
         plan(
             &desired.basic_execution_policy_arn(),
+            desired_devices_policy(desired).as_ref(),
             observed.role.as_ref(),
         )
         .outcome(self.kind(), &desired.names.role)
@@ -379,7 +488,8 @@ impl Resource for Role {
     fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let basic = step.desired.basic_execution_policy_arn();
-            let plan = plan(&basic, step.observed.role.as_ref());
+            let devices = desired_devices_policy(step.desired);
+            let plan = plan(&basic, devices.as_ref(), step.observed.role.as_ref());
             apply(&step.clients.iam, step.desired, &plan).await
         })
     }
@@ -440,18 +550,19 @@ mod tests {
             trust_policy: trust_policy(),
             attached: vec![BASIC.into()],
             inline: vec![],
+            devices_policy: None,
             owned: true,
         }
     }
 
     #[test]
     fn a_correct_role_needs_nothing() {
-        assert_eq!(plan(BASIC, Some(&observed())), Plan::default());
+        assert_eq!(plan(BASIC, None, Some(&observed())), Plan::default());
     }
 
     #[test]
     fn a_missing_role_is_created_with_the_basic_policy() {
-        let p = plan(BASIC, None);
+        let p = plan(BASIC, None, None);
         assert!(p.create && p.attach_basic && !p.update_trust);
     }
 
@@ -461,13 +572,43 @@ mod tests {
         o.attached = vec!["arn:aws:iam::aws:policy/AdministratorAccess".into()];
         o.inline = vec!["extra".into()];
         o.trust_policy = json!({"Statement":[{"Effect":"Allow","Principal":{"Service":["lambda.amazonaws.com","ec2.amazonaws.com"]},"Action":"sts:AssumeRole"}]});
-        let p = plan(BASIC, Some(&o));
+        let p = plan(BASIC, None, Some(&o));
         assert!(p.update_trust && p.attach_basic);
         assert_eq!(
             p.detach,
             vec!["arn:aws:iam::aws:policy/AdministratorAccess"]
         );
         assert_eq!(p.delete_inline, vec!["extra"]);
+    }
+
+    #[test]
+    fn the_devices_grant_is_kept_only_with_the_dynamodb_store() {
+        let table = "arn:aws:dynamodb:eu-west-1:111122223333:table/d-devices";
+        let grant = devices_policy(table);
+        // Created with the role.
+        assert_eq!(
+            plan(BASIC, Some(&grant), None).put_devices_policy,
+            Some(grant.clone())
+        );
+        // In place and right: nothing to do; another inline policy is still drift.
+        let mut o = observed();
+        o.inline = vec![DEVICES_POLICY.into(), "extra".into()];
+        o.devices_policy = Some(grant.clone());
+        let p = plan(BASIC, Some(&grant), Some(&o));
+        assert_eq!(p.put_devices_policy, None);
+        assert_eq!(p.delete_inline, vec!["extra"]);
+        // Widened by hand: written back.
+        o.devices_policy = Some(devices_policy("*"));
+        assert_eq!(
+            plan(BASIC, Some(&grant), Some(&o)).put_devices_policy,
+            Some(grant.clone())
+        );
+        // Back to the package store: the grant goes too.
+        let p = plan(BASIC, None, Some(&o));
+        assert_eq!(p.delete_inline, vec![DEVICES_POLICY, "extra"]);
+        assert_eq!(p.put_devices_policy, None);
+        assert_eq!(grant["Statement"][0]["Action"], "dynamodb:GetItem");
+        assert_eq!(grant["Statement"][0]["Resource"], table);
     }
 
     #[test]
