@@ -29,6 +29,7 @@ pub struct Clients {
     pub lambda: aws_sdk_lambda::Client,
     pub iot: aws_sdk_iot::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
     pub sts: aws_sdk_sts::Client,
     pub region: String,
 }
@@ -48,6 +49,7 @@ impl Clients {
             lambda: aws_sdk_lambda::Client::new(config),
             iot: aws_sdk_iot::Client::new(config),
             logs: aws_sdk_cloudwatchlogs::Client::new(config),
+            dynamodb: aws_sdk_dynamodb::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
             region,
         })

@@ -57,6 +57,20 @@ pub struct Deployment {
     pub handler: String,
     /// Days CloudWatch Logs keeps the authorizer's log lines (one of [`LOG_RETENTION_DAYS`]).
     pub log_retention_days: i32,
+    /// Where the devices live: `package` (this file, deployed inside the function) or `dynamodb`
+    /// (the `<name>-devices` table, read by the authorizer at each login).
+    pub credential_store: CredentialStore,
+    /// dynamodb only: how long the authorizer caches a device's item, which bounds how long a
+    /// removed, disabled or expired device can still log in (0 = no cache; at most 300).
+    pub cache_seconds: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialStore {
+    #[default]
+    Package,
+    Dynamodb,
 }
 
 impl Default for Deployment {
@@ -72,6 +86,8 @@ impl Default for Deployment {
             code: None,
             handler: "index.handler".to_string(),
             log_retention_days: 30,
+            credential_store: CredentialStore::Package,
+            cache_seconds: 60,
         }
     }
 }
@@ -88,6 +104,20 @@ pub struct Device {
     pub publish: Vec<String>,
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// Verifiers from a `device rotate` that keep working until their `expires_at`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_verifiers: Vec<PreviousVerifier>,
+    /// The device cannot log in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousVerifier {
+    pub verifier: String,
+    /// Unix seconds.
+    pub expires_at: u64,
 }
 
 impl Device {
@@ -313,10 +343,15 @@ pub fn principal_id(username: &str) -> String {
         .collect()
 }
 
-fn validate_device(device: &Device) -> Result<()> {
+/// One device's own rules (the rules between devices are in [`Config::validate`]).
+pub fn validate_device(device: &Device) -> Result<()> {
     validate_username(&device.username)?;
     crate::verifier::parse(&device.password_verifier)
         .context("password_verifier is not a verifier written by this tool")?;
+    for previous in &device.previous_verifiers {
+        crate::verifier::parse(&previous.verifier)
+            .context("a previous_verifiers entry is not a verifier written by this tool")?;
+    }
     for id in device.client_ids() {
         validate_client_id(&id)?;
     }
@@ -406,6 +441,8 @@ mod tests {
             client_ids: vec![],
             publish: vec![],
             subscribe: vec![],
+            previous_verifiers: vec![],
+            disabled: false,
         }
     }
 

@@ -44,6 +44,7 @@ pub struct Names {
     pub function: String,
     pub authorizer: String,
     pub statement_id: String,
+    pub table: String,
 }
 
 impl Names {
@@ -72,6 +73,7 @@ impl Names {
             function: format!("{deployment}-authorizer"),
             authorizer: deployment.to_string(),
             statement_id: format!("{deployment}-iot-invoke"),
+            table: format!("{deployment}-devices"),
         })
     }
 
