@@ -493,3 +493,41 @@ fn import_into_the_config_file_and_rotate_disable_export_there() {
     let with = cli.run(&["device", "export", "--with-verifiers"]).expect(0);
     assert_eq!(with.stdout.matches("sha256:").count(), good);
 }
+
+#[test]
+fn local_with_the_table_store_needs_the_sdk_lambda_provides_and_says_how_to_install_it() {
+    let cli = Cli::with_env(vec![("AWS_EC2_METADATA_DISABLED".into(), "true".into())]);
+    std::fs::write(
+        cli.config_path(),
+        format!("[deployment]\nname = \"{NAME}\"\ncredential_store = \"dynamodb\"\n"),
+    )
+    .unwrap();
+    let run = cli
+        .run_with(
+            &["local", "--listen", "127.0.0.1:0"],
+            None,
+            &[("IOT_CUSTOM_AUTH_LAMBDA_SDK", "")],
+        )
+        .expect(2);
+    assert!(
+        run.stderr.contains("IOT_CUSTOM_AUTH_LAMBDA_SDK is not set")
+            && run.stderr.contains("npm install")
+            && run.stderr.contains("@aws-sdk/client-dynamodb"),
+        "{}",
+        run.stderr
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let run = cli
+        .run_with(
+            &["local", "--listen", "127.0.0.1:0"],
+            None,
+            &[("IOT_CUSTOM_AUTH_LAMBDA_SDK", empty.path().to_str().unwrap())],
+        )
+        .expect(2);
+    assert!(
+        run.stderr
+            .contains("has no node_modules/@aws-sdk/client-dynamodb"),
+        "{}",
+        run.stderr
+    );
+}
