@@ -73,6 +73,19 @@ struct DeviceEntry {
     client_ids: Vec<String>,
     publish: Vec<String>,
     subscribe: Vec<String>,
+    /// Verifiers from `device rotate` that still work until `expiresAt` (the authorizer checks
+    /// the expiry against its own clock; the device commands drop expired ones on every write).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    previous: Vec<PreviousEntry>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    disabled: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PreviousEntry {
+    verifier: String,
+    expires_at: u64,
 }
 
 /// The ARN prefix IoT resources in this account and region start with.
@@ -121,6 +134,15 @@ fn package_devices(config: &Config) -> BTreeMap<&str, DeviceEntry> {
                     client_ids: d.client_ids(),
                     publish: d.publish(),
                     subscribe: d.subscribe.clone(),
+                    previous: d
+                        .previous_verifiers
+                        .iter()
+                        .map(|p| PreviousEntry {
+                            verifier: p.verifier.clone(),
+                            expires_at: p.expires_at,
+                        })
+                        .collect(),
+                    disabled: d.disabled,
                 },
             )
         })
@@ -281,6 +303,8 @@ mod tests {
             client_ids: vec![],
             publish: vec![],
             subscribe: vec![],
+            previous_verifiers: vec![],
+            disabled: false,
         });
         c
     }
@@ -411,6 +435,8 @@ mod cross_language {
             client_ids: client_ids.iter().map(|s| s.to_string()).collect(),
             publish,
             subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            previous_verifiers: vec![],
+            disabled: false,
         }
     }
 

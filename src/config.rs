@@ -108,6 +108,20 @@ pub struct Device {
     pub publish: Vec<String>,
     #[serde(default)]
     pub subscribe: Vec<String>,
+    /// Verifiers from a `device rotate` that keep working until their `expires_at`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_verifiers: Vec<PreviousVerifier>,
+    /// The device cannot log in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousVerifier {
+    pub verifier: String,
+    /// Unix seconds.
+    pub expires_at: u64,
 }
 
 impl Device {
@@ -338,10 +352,15 @@ pub fn principal_id(username: &str) -> String {
         .collect()
 }
 
-fn validate_device(device: &Device) -> Result<()> {
+/// One device's own rules (the rules between devices are in [`Config::validate`]).
+pub fn validate_device(device: &Device) -> Result<()> {
     validate_username(&device.username)?;
     crate::verifier::parse(&device.password_verifier)
         .context("password_verifier is not a verifier written by this tool")?;
+    for previous in &device.previous_verifiers {
+        crate::verifier::parse(&previous.verifier)
+            .context("a previous_verifiers entry is not a verifier written by this tool")?;
+    }
     for id in device.client_ids() {
         validate_client_id(&id)?;
     }
@@ -431,6 +450,8 @@ mod tests {
             client_ids: vec![],
             publish: vec![],
             subscribe: vec![],
+            previous_verifiers: vec![],
+            disabled: false,
         }
     }
 

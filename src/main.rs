@@ -13,6 +13,7 @@ mod names;
 mod policy;
 mod progress;
 mod resources;
+mod store;
 mod tls;
 mod verifier;
 

@@ -188,6 +188,8 @@ mod tests {
             client_ids: vec![],
             publish,
             subscribe,
+            previous_verifiers: vec![],
+            disabled: false,
         }
     }
 

@@ -58,6 +58,85 @@ impl Drop for Wait {
     }
 }
 
+/// Progress through a known number of items: a bar with rate and ETA on a terminal; without one,
+/// a plain stderr line at most every [`PLAIN_EVERY`] and one at the end.
+pub struct Count {
+    bar: Option<ProgressBar>,
+    plain: Option<std::sync::Mutex<Plain>>,
+    done: std::sync::atomic::AtomicUsize,
+    total: usize,
+    verb: &'static str,
+}
+
+struct Plain {
+    last: std::time::Instant,
+}
+
+/// How often the plain (non-terminal) progress line is repeated.
+pub const PLAIN_EVERY: Duration = Duration::from_secs(2);
+
+impl Count {
+    /// `verb` says what happens to the items, e.g. "imported"; `quiet` shows nothing.
+    pub fn start(total: usize, verb: &'static str, quiet: bool) -> Self {
+        let (bar, plain) = if quiet {
+            (None, None)
+        } else if std::io::stderr().is_terminal() {
+            let bar =
+                ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:40} {human_pos}/{human_len} {msg} ({per_sec}, {eta} left)",
+                )
+                .expect("the template is valid"),
+            );
+            bar.set_message(verb);
+            (Some(bar), None)
+        } else {
+            let plain = Plain {
+                last: std::time::Instant::now(),
+            };
+            (None, Some(std::sync::Mutex::new(plain)))
+        };
+        Self {
+            bar,
+            plain,
+            done: std::sync::atomic::AtomicUsize::new(0),
+            total,
+            verb,
+        }
+    }
+
+    pub fn add(&self, n: usize) {
+        let done = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+        }
+        if let Some(plain) = &self.plain {
+            let mut plain = plain.lock().expect("not poisoned");
+            if plain.last.elapsed() >= PLAIN_EVERY {
+                plain.last = std::time::Instant::now();
+                eprintln!("{} {done}/{} devices", self.verb, self.total);
+            }
+        }
+    }
+}
+
+impl Drop for Count {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+        if self.plain.is_some() {
+            eprintln!(
+                "{} {}/{} devices",
+                self.verb,
+                self.done.load(std::sync::atomic::Ordering::Relaxed),
+                self.total
+            );
+        }
+    }
+}
+
 /// Whether stdout may carry colour: a terminal, and `NO_COLOR` unset or empty.
 pub fn colour() -> bool {
     colour_for(

@@ -342,6 +342,13 @@ pub fn parse(verifier: &str) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((salt, hash))
 }
 
+/// Whether `password` is the one `verifier` was made from (with the verifier's own salt). Used to
+/// tell whether an imported password is already stored, since a fresh salt makes every new
+/// verifier differ.
+pub fn matches(verifier: &str, password: &[u8]) -> bool {
+    parse(verifier).is_ok_and(|(salt, hash)| digest(&salt, password) == hash)
+}
+
 fn digest(salt: &[u8], password: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(salt);

@@ -20,7 +20,7 @@ pub async fn run(app: &App, command: Command) -> Result<u8> {
         Command::Setup(args) => setup::run(app, args).await,
         Command::Status(args) => status::run(app, args).await,
         Command::Teardown(args) => teardown::run(app, args).await,
-        Command::Device(cmd) => device::run(app, cmd),
+        Command::Device(cmd) => device::run(app, cmd).await,
         Command::IamPolicy(args) => iam_policy::run(app, args).await,
         Command::Connect(args) => connect::run(app, args).await,
         Command::Local(args) => crate::local::run(app, args).await,

@@ -65,6 +65,9 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
     {
         config = crate::commands::device::first_device(app)?;
     }
+    if config.deployment.credential_store == crate::config::CredentialStore::Package {
+        crate::commands::device::warn_if_large(app, config.devices.len());
+    }
     let clients = app.clients().await?;
     app.progress(format!(
         "reading deployment `{}` in {}",

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -244,10 +244,26 @@ impl Started {
 /// Builds the package, starts the authorizer and binds the listener.
 pub async fn start(app: &App, args: &LocalArgs) -> Result<Started> {
     let config = app.config()?;
-    let region = app.global.region.as_deref().unwrap_or(DEFAULT_REGION);
+    // The bundled authorizer with the DynamoDB store reads the table, as the operator.
+    let table_access = if config.deployment.credential_store
+        == crate::config::CredentialStore::Dynamodb
+        && args.code.is_none()
+        && config.deployment.code.is_none()
+    {
+        Some(table_access(app).await?)
+    } else {
+        None
+    };
+    let region = match &table_access {
+        Some(access) => access.region.as_str(),
+        None => app.global.region.as_deref().unwrap_or(DEFAULT_REGION),
+    };
     let arn_prefix = bundle::arn_prefix(region, LOCAL_ACCOUNT);
     let package = bundle::build(&config, args.code.as_deref(), &arn_prefix)?;
     let code_dir = CodeDir::extract(&package.zip)?;
+    if let Some(access) = &table_access {
+        code_dir.link_sdk(&access.sdk_dir)?;
+    }
     let cert_dir = args
         .cert_dir
         .clone()
@@ -284,7 +300,13 @@ pub async fn start(app: &App, args: &LocalArgs) -> Result<Started> {
         worker_script: code_dir.worker_script(),
         code_dir: code_dir.code(),
         handler: package.handler.clone(),
-        env: lambda_env(app, &config, region, &code_dir.code(), &package.handler)?,
+        env: {
+            let mut env = lambda_env(app, &config, region, &code_dir.code(), &package.handler)?;
+            if let Some(access) = table_access {
+                env.extend(access.env);
+            }
+            env
+        },
         workers,
     };
     let lambda = lambda::Lambda::start(spec, console)
@@ -337,7 +359,7 @@ fn default_cert_dir(config: &Path) -> PathBuf {
 /// Node.js function (nothing of this shell leaks in, as nothing of the deployer's environment
 /// reaches a Lambda; above all not the operator's AWS keys or the device password variable).
 /// Not set: the execution role's credentials (`AWS_ACCESS_KEY_ID`... ; there is no role
-/// locally) and `AWS_LAMBDA_RUNTIME_API` (there is no runtime API). PATH is this machine's, so
+/// locally; with the DynamoDB store [`table_access`] adds the operator's instead) and `AWS_LAMBDA_RUNTIME_API` (there is no runtime API). PATH is this machine's, so
 /// that a handler finds the same tools node does.
 fn lambda_env(
     app: &App,
@@ -373,6 +395,97 @@ fn lambda_env(
         env.push(("PATH".into(), path.to_string_lossy().into_owned()));
     }
     Ok(env)
+}
+
+/// Names the directory holding the AWS SDK for JavaScript v3 that Lambda's Node.js runtimes
+/// include (`node_modules/@aws-sdk/client-dynamodb`), which the authorizer imports in DynamoDB mode.
+pub const LAMBDA_SDK_VAR: &str = "IOT_CUSTOM_AUTH_LAMBDA_SDK";
+
+/// What the authorizer needs to read the device table locally: the SDK Lambda would provide, and
+/// the operator's resolved credentials, region and endpoint in Lambda's variables (in Lambda the
+/// execution role's credentials come the same way).
+struct TableAccess {
+    sdk_dir: PathBuf,
+    region: String,
+    env: Vec<(String, String)>,
+}
+
+async fn table_access(app: &App) -> Result<TableAccess> {
+    let sdk_dir = lambda_sdk_dir(std::env::var_os(LAMBDA_SDK_VAR).map(PathBuf::from))?;
+    let region = app.clients().await?.region.clone();
+    let sdk_config = crate::aws::sdk_config(&app.global).await;
+    let provider = sdk_config.credentials_provider().ok_or_else(|| {
+        Failure::new(
+            "no AWS credentials for `local` to read the device table with",
+            "configure credentials (aws configure, aws sso login, AWS_PROFILE, or \
+             AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+        )
+    })?;
+    let credentials = {
+        use aws_credential_types::provider::ProvideCredentials as _;
+        provider.provide_credentials().await.map_err(|e| {
+            Failure::new(
+                format!("no usable AWS credentials for `local` to read the device table: {e}"),
+                "configure credentials (aws configure, aws sso login, AWS_PROFILE, or \
+                 AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+            )
+        })?
+    };
+    let mut env = vec![
+        (
+            "AWS_ACCESS_KEY_ID".to_string(),
+            credentials.access_key_id().to_string(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            credentials.secret_access_key().to_string(),
+        ),
+    ];
+    if let Some(token) = credentials.session_token() {
+        env.push(("AWS_SESSION_TOKEN".to_string(), token.to_string()));
+    }
+    // The endpoint the operator's own DynamoDB calls go to: --endpoint-url, else the SDK's
+    // standard variables.
+    let endpoint = app.global.endpoint_url.clone().or_else(|| {
+        ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+    });
+    if let Some(url) = endpoint {
+        env.push(("AWS_ENDPOINT_URL_DYNAMODB".to_string(), url));
+    }
+    Ok(TableAccess {
+        sdk_dir,
+        region,
+        env,
+    })
+}
+
+/// The SDK directory named by [`LAMBDA_SDK_VAR`], if it holds the DynamoDB client.
+fn lambda_sdk_dir(dir: Option<PathBuf>) -> Result<PathBuf> {
+    let remedy = format!(
+        "install the SDK that Lambda's Node.js runtimes include and name its directory: \
+         `npm install --prefix ~/.cache/iot-custom-auth/lambda-sdk @aws-sdk/client-dynamodb` then \
+         `export {LAMBDA_SDK_VAR}=~/.cache/iot-custom-auth/lambda-sdk`"
+    );
+    match dir {
+        Some(dir) if dir.join("node_modules/@aws-sdk/client-dynamodb").is_dir() => Ok(dir),
+        Some(dir) => bail!(Failure::usage(
+            format!(
+                "{LAMBDA_SDK_VAR}={} has no node_modules/@aws-sdk/client-dynamodb, which the \
+                 authorizer imports with credential_store = \"dynamodb\"",
+                dir.display()
+            ),
+            remedy
+        )),
+        None => bail!(Failure::usage(
+            format!(
+                "{LAMBDA_SDK_VAR} is not set: with credential_store = \"dynamodb\" the \
+                 authorizer imports @aws-sdk/client-dynamodb, which Lambda's runtime provides"
+            ),
+            remedy
+        )),
+    }
 }
 
 fn node_failure(err: anyhow::Error, node: &Path) -> anyhow::Error {
@@ -438,6 +551,22 @@ impl CodeDir {
     fn worker_script(&self) -> PathBuf {
         self.0.join("worker.mjs")
     }
+
+    /// Makes the SDK importable from the function's ES module the way node resolves bare
+    /// specifiers (NODE_PATH does not apply to `import`): a `node_modules` on a parent path of
+    /// the code, here a link beside `code/` to the SDK's.
+    #[cfg(unix)]
+    fn link_sdk(&self, sdk_dir: &Path) -> Result<()> {
+        let target = std::fs::canonicalize(sdk_dir.join("node_modules"))
+            .with_context(|| format!("resolving {}", sdk_dir.display()))?;
+        std::os::unix::fs::symlink(target, self.0.join("node_modules"))
+            .context("linking the Lambda SDK beside the authorizer")
+    }
+
+    #[cfg(not(unix))]
+    fn link_sdk(&self, _sdk_dir: &Path) -> Result<()> {
+        bail!("the DynamoDB store in `local` needs a Unix system")
+    }
 }
 
 /// Creates `dir` with mode 0700; fails if it exists, so nobody can have prepared it.
@@ -461,6 +590,23 @@ impl Drop for CodeDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lambda_sdk_must_be_installed_and_named() {
+        let unset = format!("{:#}", lambda_sdk_dir(None).unwrap_err());
+        assert!(unset.contains(LAMBDA_SDK_VAR), "{unset}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = format!(
+            "{:#}",
+            lambda_sdk_dir(Some(dir.path().to_path_buf())).unwrap_err()
+        );
+        assert!(empty.contains("@aws-sdk/client-dynamodb"), "{empty}");
+        std::fs::create_dir_all(dir.path().join("node_modules/@aws-sdk/client-dynamodb")).unwrap();
+        assert_eq!(
+            lambda_sdk_dir(Some(dir.path().to_path_buf())).unwrap(),
+            dir.path()
+        );
+    }
 
     #[test]
     fn client_text_cannot_drive_the_terminal() {
