@@ -30,7 +30,6 @@ pub struct Clients {
     pub iot: aws_sdk_iot::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub logs: aws_sdk_cloudwatchlogs::Client,
-    pub dynamodb: aws_sdk_dynamodb::Client,
     pub sts: aws_sdk_sts::Client,
     pub region: String,
 }
@@ -51,7 +50,6 @@ impl Clients {
             iot: aws_sdk_iot::Client::new(config),
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             logs: aws_sdk_cloudwatchlogs::Client::new(config),
-            dynamodb: aws_sdk_dynamodb::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
             region,
         })

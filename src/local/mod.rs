@@ -259,7 +259,12 @@ pub async fn start(app: &App, args: &LocalArgs) -> Result<Started> {
         None => app.global.region.as_deref().unwrap_or(DEFAULT_REGION),
     };
     let arn_prefix = bundle::arn_prefix(region, LOCAL_ACCOUNT);
-    let package = bundle::build(&config, args.code.as_deref(), &arn_prefix)?;
+    let package = bundle::build_for(
+        &config,
+        &app.names(&config)?,
+        args.code.as_deref(),
+        &arn_prefix,
+    )?;
     let code_dir = CodeDir::extract(&package.zip)?;
     if let Some(access) = &table_access {
         code_dir.link_sdk(&access.sdk_dir)?;
