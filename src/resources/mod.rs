@@ -136,7 +136,8 @@ pub async fn concurrently<'a>(
         .collect()
 }
 
-/// The error of a step that was not attempted because `needed` (a label) could not be done.
+/// The error of a step that was not attempted because one of the kinds it `needed` could not be
+/// done (that one's own error is reported too).
 pub fn not_attempted(needed: &[&str]) -> anyhow::Error {
     anyhow::anyhow!("not attempted: it needs {} first", needed.join(" and "))
 }
@@ -480,6 +481,85 @@ pub mod tests {
         kinds.sort_unstable();
         kinds.dedup();
         assert_eq!(kinds.len(), RESOURCES.len(), "kinds are unique");
+    }
+
+    /// When each step of setup's walk starts and ends, on tokio's paused clock, with the role
+    /// failing when `role_fails`: each waits for exactly what its `after` names, and a failure
+    /// stops only what depends on it.
+    async fn timed_walk(role_fails: bool) -> Vec<(&'static str, u64, Option<u64>)> {
+        use std::time::Duration;
+        use tokio::time::{Instant, sleep};
+        let started = Instant::now();
+        let ms = |i: Instant| (i - started).as_millis() as u64;
+        let walk = walk();
+        let log = Mutex::new(Vec::new());
+        let results = concurrently(
+            &walk,
+            |r| r.after(),
+            |r, ready| {
+                let log = &log;
+                Box::pin(async move {
+                    if !ready.await {
+                        return Err(not_attempted(r.after()));
+                    }
+                    let start = Instant::now();
+                    // The function's step is the long one (IAM, then Pending).
+                    let took = if r.kind() == "function" { 1000 } else { 100 };
+                    sleep(Duration::from_millis(took)).await;
+                    log.lock()
+                        .unwrap()
+                        .push((r.kind(), ms(start), ms(Instant::now())));
+                    if role_fails && r.kind() == "role" {
+                        anyhow::bail!("denied");
+                    }
+                    Ok(())
+                })
+            },
+        )
+        .await;
+        let log = log.into_inner().unwrap();
+        walk.iter()
+            .zip(results)
+            .map(|(r, result)| {
+                let (_, start, end) = log
+                    .iter()
+                    .find(|(k, ..)| *k == r.kind())
+                    .copied()
+                    .unwrap_or((r.kind(), u64::MAX, 0));
+                (r.kind(), start, result.is_ok().then_some(end))
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn setup_starts_each_step_once_what_it_needs_is_done() {
+        assert_eq!(
+            timed_walk(false).await,
+            [
+                ("role", 0, Some(100)),
+                ("log-group", 0, Some(100)),
+                ("function", 100, Some(1100)),
+                // While the function waits: it only names the function's ARN.
+                ("authorizer", 0, Some(100)),
+                ("permission", 1100, Some(1200)),
+                ("default-authorizer", 100, Some(200)),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_step_stops_only_what_depends_on_it() {
+        assert_eq!(
+            timed_walk(true).await,
+            [
+                ("role", 0, None),
+                ("log-group", 0, Some(100)),
+                ("function", u64::MAX, None),
+                ("authorizer", 0, Some(100)),
+                ("permission", u64::MAX, None),
+                ("default-authorizer", 100, Some(200)),
+            ]
+        );
     }
 
     /// A desired state for the pure planning tests.
