@@ -27,26 +27,27 @@ use crate::resources::{
 /// How long `setup` keeps retrying CreateFunction while IAM propagates a new role. AWS gives no
 /// bound; seconds are typical, tools wait 1 to 5 minutes (aws-facts.md §5).
 pub const ROLE_PROPAGATION_BUDGET: Duration = Duration::from_secs(90);
-/// The pause between two CreateFunction attempts while the role propagates, for a small
+/// The time from one CreateFunction attempt to the next while the role propagates, for a small
 /// package: the role becomes assumable at some moment between two attempts, so setup waits on
-/// average half a pause longer than IAM. Lambda allows 15 control-plane requests per second per
+/// average half of it longer than IAM. Lambda allows 15 control-plane requests per second per
 /// account and Region, all APIs but invocation, GetFunction and GetPolicy together ("Lambda
 /// quotas", API requests: https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html);
 /// about 7 a second leaves more than half of that to the account's other callers. The attempts
 /// are setup's own, refused with a non-retryable error, so they draw nothing from the SDK's
 /// retry quota (only throttling and transient errors do).
 const ROLE_RETRY_MIN_DELAY: Duration = Duration::from_millis(150);
-/// Added to the pause per MiB of package: every attempt uploads the whole package again, so a
-/// large `--code` package (up to 50 MB) is tried less often, with the pause always several
-/// times an upload's duration at a few tens of MB/s.
-const ROLE_RETRY_DELAY_PER_MIB: Duration = Duration::from_millis(40);
-/// The longest pause, for the largest packages.
-const ROLE_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+/// Added per MiB of package: every attempt uploads the whole package again, so a large `--code`
+/// package (Lambda takes up to 50 MB) is tried less often: at 12.5 MB/s or faster, uploading
+/// takes at most the time between attempts (half of it at 25 MB/s).
+const ROLE_RETRY_DELAY_PER_MIB: Duration = Duration::from_millis(80);
+/// The longest time between attempts, reached by the largest packages (a 50 MB one: 11 attempts
+/// for a role that takes 40 s to propagate).
+const ROLE_RETRY_MAX_DELAY: Duration = Duration::from_secs(4);
 /// Bound on waiting for `Active` / `LastUpdateStatus: Successful`.
 const READY_BUDGET: Duration = Duration::from_secs(300);
-/// How often GetFunction is polled at first while Lambda creates or updates the function: a
-/// small function takes a few seconds, and every poll interval adds half of itself to the wait
-/// on average. GetFunction has its own quota of 100 requests per second (same page), so 10 a
+/// How often GetFunction is polled at first (from poll to poll) while Lambda creates or updates
+/// the function: a small function takes a few seconds, and every interval adds half of itself to
+/// the wait on average. GetFunction has its own quota of 100 requests per second (same page), so 10 a
 /// second leaves most of it.
 const FAST_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long the fast polls last; after that the 1 s of the FunctionActiveV2/FunctionUpdatedV2
@@ -349,6 +350,8 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
     // Shown once, from the first refusal until the function is created.
     let mut wait = None;
     loop {
+        // Paced from attempt to attempt, so an upload's duration is not added to the pause.
+        let attempted = Instant::now();
         let result = lambda
             .create_function()
             .function_name(&desired.names.function)
@@ -380,7 +383,8 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                 }) =>
             {
                 let waited = started.elapsed();
-                if waited + delay > ROLE_PROPAGATION_BUDGET {
+                let next = attempted + delay;
+                if next - started > ROLE_PROPAGATION_BUDGET {
                     bail!(Failure::new(
                         format!(
                             "Lambda still cannot assume role {} after {}s",
@@ -398,7 +402,7 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                         ROLE_PROPAGATION_BUDGET.as_secs()
                     ))
                 });
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep_until(next).await;
             }
             Err(e) => {
                 return Err(e)
@@ -448,6 +452,8 @@ async fn wait_for(
 ) -> Result<()> {
     let started = Instant::now();
     loop {
+        // Paced from poll to poll: the answer's latency is not added to the interval.
+        let polled = Instant::now();
         let out = lambda
             .get_function()
             .function_name(name)
@@ -459,9 +465,9 @@ async fn wait_for(
         if outcome == Some(true) {
             return Ok(());
         }
-        let delay = poll_delay(started.elapsed());
-        if outcome.is_none() && started.elapsed() + delay <= READY_BUDGET {
-            tokio::time::sleep(delay).await;
+        let next = polled + poll_delay(polled - started);
+        if outcome.is_none() && next - started <= READY_BUDGET {
+            tokio::time::sleep_until(next).await;
             continue;
         }
         let state = c
@@ -905,7 +911,7 @@ mod mocked {
         assert!(small > ROLE_RETRY_MIN_DELAY && small < Duration::from_millis(152));
         assert_eq!(
             role_retry_delay(10 * 1024 * 1024),
-            Duration::from_millis(550)
+            Duration::from_millis(950)
         );
         assert_eq!(role_retry_delay(50 * 1024 * 1024), ROLE_RETRY_MAX_DELAY);
         // Under half of Lambda's 15 control-plane requests per second, whatever the package.
