@@ -151,6 +151,7 @@ fn package_devices(config: &Config) -> BTreeMap<&str, DeviceEntry> {
 
 /// The package `setup` deploys: the user's own code when configured, else the bundled authorizer
 /// with the config's devices.
+#[cfg(test)]
 pub fn build(config: &Config, code: Option<&Path>, arn_prefix: &str) -> Result<Package> {
     let name = config
         .deployment

@@ -283,11 +283,34 @@ fn teardown_of_an_absent_deployment_writes_nothing() {
     );
 }
 
+/// The starts of the calls of `operation`, in order.
+fn starts(calls: &[Call], operation: &str) -> Vec<Duration> {
+    let mut starts: Vec<Duration> = calls
+        .iter()
+        .filter(|c| c.operation == operation)
+        .map(|c| c.start)
+        .collect();
+    starts.sort();
+    starts
+}
+
+/// The shortest and the average time between the arrivals of two consecutive calls of
+/// `operation`. The client paces them from start to start, so single arrivals jitter by the time
+/// it takes to send one, while the average holds to the pace.
+fn spacing(calls: &[Call], operation: &str) -> (Duration, Duration) {
+    let starts = starts(calls, operation);
+    let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    let average = (starts[starts.len() - 1] - starts[0]) / gaps.len() as u32;
+    (*gaps.iter().min().unwrap(), average)
+}
+
 /// From an empty account `setup` writes each resource once. The only repeated calls are the two
 /// waits: CreateFunction until IAM has propagated the new role, GetFunction until the function
-/// is Active. With the stand-in's default delays (role 2 s, Pending 1 s), retrying after 1 s then
-/// every 2 s needs at most 3 attempts, and polling every second sees Active by the second poll
-/// (a third is allowed for a slow machine).
+/// is Active. With the stand-in's default delays (role 2 s, Pending 1 s): CreateFunction every
+/// 150 ms for the bundled package (at most 2 s / 150 ms + 1 attempts, a few more allowed for a
+/// slow machine), about 7 a second on average and never 15 (Lambda's control-plane quota per
+/// account), and GetFunction every 100 ms at first (about 10 polls for 1 s Pending, about 10 a
+/// second where GetFunction's quota is 100).
 #[test]
 fn setup_from_empty_writes_each_resource_once() {
     let standin = StandIn::start();
@@ -309,9 +332,17 @@ fn setup_from_empty_writes_each_resource_once() {
         assert_eq!(writes.get(op), Some(&1), "{op}:\n{}", timeline(&calls));
     }
     let attempts = writes.get("CreateFunction").copied().unwrap_or(0);
+    let last_attempt = *starts(&calls, "CreateFunction").last().unwrap();
     assert!(
-        (1..=3).contains(&attempts),
+        (2..=17).contains(&attempts),
         "{attempts} CreateFunction attempts:\n{}",
+        timeline(&calls)
+    );
+    // 15 a second is Lambda's quota: never reached, and about 7 a second on average.
+    let (closest, average) = spacing(&calls, "CreateFunction");
+    assert!(
+        closest >= Duration::from_secs(1) / 15 && average >= Duration::from_millis(140),
+        "CreateFunction attempts {closest:?} apart at the closest, {average:?} on average:\n{}",
         timeline(&calls)
     );
     assert_eq!(
@@ -323,8 +354,20 @@ fn setup_from_empty_writes_each_resource_once() {
     // The read phase finds nothing, so it reads 8 things (no policies, no tags to follow up).
     let polls = reads.get("GetFunction").copied().unwrap_or(0) - 1;
     assert!(
-        (1..=3).contains(&polls),
+        (1..=15).contains(&polls),
         "{polls} GetFunction polls:\n{}",
+        timeline(&calls)
+    );
+    let polls: Vec<Call> = calls
+        .iter()
+        .filter(|c| c.operation != "GetFunction" || c.start > last_attempt)
+        .cloned()
+        .collect();
+    // 100 a second is GetFunction's quota: never reached, and about 10 a second on average.
+    let (closest, average) = spacing(&polls, "GetFunction");
+    assert!(
+        closest >= Duration::from_secs(1) / 100 && average >= Duration::from_millis(90),
+        "GetFunction polls {closest:?} apart at the closest, {average:?} on average:\n{}",
         timeline(&calls)
     );
     let others: usize = reads
@@ -338,7 +381,7 @@ fn setup_from_empty_writes_each_resource_once() {
 /// A device added: `setup` uploads the new code once and polls until Lambda has applied it.
 /// It does not poll before the upload when its read already found no update in progress (that
 /// would only repeat the read), so besides the usual 12 reads there are only the polls: with the
-/// stand-in's default 1 s InProgress and a poll every second, 2 of them (3 on a slow machine).
+/// stand-in's default 1 s InProgress and a poll every 100 ms at first, about 10 of them.
 #[test]
 fn setup_after_a_device_change_uploads_once_and_only_polls_after() {
     let (standin, cli) = deployed();
@@ -360,8 +403,75 @@ fn setup_after_a_device_change_uploads_once_and_only_polls_after() {
     assert_eq!(before, 12, "reads before the upload:\n{}", timeline(&calls));
     let polls: Vec<&Call> = calls.iter().filter(|c| c.start >= update.end).collect();
     assert!(
-        (1..=3).contains(&polls.len()) && polls.iter().all(|c| c.operation == "GetFunction"),
+        (1..=15).contains(&polls.len()) && polls.iter().all(|c| c.operation == "GetFunction"),
         "after the upload:\n{}",
         timeline(&calls)
     );
+}
+
+/// `teardown` of a whole deployment runs its three chains concurrently, each in AWS's order:
+/// IoT (clear the default while deactivating the authorizer, then delete it), Lambda (delete the
+/// function and its permission, then the log group) and IAM (detach, then delete the role). With
+/// the 2 round trips of the read phase that is at most 4 round trips, where one after another
+/// took 9; and each chain's first write is in flight together with the others'.
+#[test]
+fn teardown_runs_the_iot_lambda_and_iam_chains_concurrently() {
+    let (standin, cli) = deployed();
+    standin.set_behaviour(json!({"latency_ms": LATENCY_MS}));
+    cli.run(&["teardown", "--yes"]).expect(0);
+    let calls = standin.calls();
+    let written = tally(&writes(&calls));
+    for op in [
+        "ClearDefaultAuthorizer",
+        "UpdateAuthorizer",
+        "DeleteAuthorizer",
+        "RemovePermission",
+        "DeleteFunction",
+        "DeleteLogGroup",
+        "DetachRolePolicy",
+        "DeleteRole",
+    ] {
+        assert_eq!(written.get(op), Some(&1), "{op}:\n{}", timeline(&calls));
+    }
+    let call = |op: &str| calls.iter().find(|c| c.operation == op).unwrap();
+    let firsts = [
+        call("ClearDefaultAuthorizer"),
+        call("UpdateAuthorizer"),
+        call("DeleteFunction"),
+        call("DetachRolePolicy"),
+    ];
+    for (i, a) in firsts.iter().enumerate() {
+        for b in &firsts[i + 1..] {
+            assert!(
+                a.overlaps(b),
+                "{} and {} ran one after the other:\n{}",
+                a.operation,
+                b.operation,
+                timeline(&calls)
+            );
+        }
+    }
+    // Each chain in AWS's order.
+    for (before, after) in [
+        ("ClearDefaultAuthorizer", "DeleteAuthorizer"),
+        ("UpdateAuthorizer", "DeleteAuthorizer"),
+        ("DeleteFunction", "DeleteLogGroup"),
+        ("DetachRolePolicy", "DeleteRole"),
+    ] {
+        assert!(
+            call(before).end <= call(after).start,
+            "{after} before {before} ended:\n{}",
+            timeline(&calls)
+        );
+    }
+    assert!(
+        round_trips(&calls) <= 4,
+        "teardown waited for {} round trips:\n{}",
+        round_trips(&calls),
+        timeline(&calls)
+    );
+    cli.run(&["status"]).expect(3);
+    standin.clear_calls();
+    cli.run(&["teardown", "--yes"]).expect(0);
+    assert_eq!(writes(&standin.calls()), Vec::<String>::new());
 }

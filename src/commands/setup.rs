@@ -1,7 +1,10 @@
 //! `setup`: the manual recipe as one idempotent command. Read everything, refuse what must not be
 //! touched before changing anything, then create or update only what differs, walking the
-//! resources forward ([`resources::walk`]; the order AWS needs: role → function → authorizer →
-//! permission → default authorizer).
+//! resources forward ([`resources::walk`]) with each one applied as soon as what AWS needs
+//! before it is done: the role and the log group before the function, the function (Active)
+//! before the invoke permission, the authorizer before the default authorizer. The authorizer
+//! and the default need only the function's ARN, which is known in advance, so they are created
+//! while IAM propagates the role and Lambda creates the function.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,7 +16,7 @@ use serde::Serialize;
 use crate::app::App;
 use crate::config::CredentialStore;
 use crate::error::exit;
-use crate::resources::{self, Action, Desired, Outcome, SetupOptions, Step, endpoint};
+use crate::resources::{self, Action, Desired, Outcome, Resource, SetupOptions, Step, endpoint};
 
 #[derive(Debug, Args)]
 pub struct SetupArgs {
@@ -113,24 +116,51 @@ pub async fn run(app: &App, args: SetupArgs) -> Result<u8> {
         desired: &desired,
         observed: &observed,
     };
-    for (i, resource) in walk.iter().enumerate() {
-        let outcome = resource.plan(&desired, &observed);
-        if !args.dry_run {
-            if outcome.action != Action::Unchanged {
-                let verb = outcome.action.progressive();
-                app.progress(format!("{verb} {} {}...", resource.label(), outcome.name));
-            }
-            resource
-                .apply(&step)
-                .await
-                .with_context(|| format!("step {}/{}: {}", i + 1, walk.len(), resource.label()))?;
-        }
-        report.resources.push(outcome);
+    report.resources = walk.iter().map(|r| r.plan(&desired, &observed)).collect();
+    if !args.dry_run {
+        apply(app, &step, &walk, &report.resources).await?;
     }
 
     report.connection = Some(connection(&desired, &config, address));
     app.print(&report);
     Ok(exit::OK)
+}
+
+/// Applies every resource, each as soon as what its [`Resource::after`] names is done, so that
+/// the IoT steps run while IAM propagates the role and Lambda creates the function. Each step
+/// returns only once its resource is usable (the function once Active), so nothing is reported
+/// before it works. The progress lines are printed up front, in walk order, so they read the
+/// same whatever finishes first; a failure stops only what depends on it, and the first one
+/// (in walk order, so a cause before what it stopped) is returned once the others have finished.
+async fn apply(
+    app: &App,
+    step: &Step<'_>,
+    walk: &[&'static dyn Resource],
+    outcomes: &[Outcome],
+) -> Result<()> {
+    for (resource, outcome) in walk.iter().zip(outcomes) {
+        if outcome.action != Action::Unchanged {
+            let verb = outcome.action.progressive();
+            app.progress(format!("{verb} {} {}...", resource.label(), outcome.name));
+        }
+    }
+    let results = resources::concurrently(
+        walk,
+        |r| r.after(),
+        |resource, ready| {
+            Box::pin(async move {
+                if !ready.await {
+                    return Err(resources::not_attempted(resource.after()));
+                }
+                resource.apply(step).await
+            })
+        },
+    )
+    .await;
+    for (i, (resource, result)) in walk.iter().zip(results).enumerate() {
+        result.with_context(|| format!("step {}/{}: {}", i + 1, walk.len(), resource.label()))?;
+    }
+    Ok(())
 }
 
 fn connection(desired: &Desired, config: &crate::config::Config, address: String) -> Connection {

@@ -145,17 +145,34 @@ pub async fn apply(iot: &Client, desired: &Desired, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// AWS refuses to delete an ACTIVE authorizer, so deactivate it first.
+/// AWS refuses to delete an ACTIVE authorizer ("You can't delete a custom authorizer while
+/// it's active", aws-facts.md §1), so teardown deactivates it first.
+pub async fn deactivate(iot: &Client, name: &str) -> Result<()> {
+    iot.update_authorizer()
+        .authorizer_name(name)
+        .status(AuthorizerStatus::Inactive)
+        .send()
+        .await
+        .aws("iot:UpdateAuthorizer")?;
+    Ok(())
+}
+
+/// Deletes the authorizer; `active`: it was read ACTIVE, so a refusal (DeleteConflict) may mean
+/// the deactivation done beforehand failed, and it is deactivated once more and deleted again.
 pub async fn delete(iot: &Client, name: &str, active: bool) -> Result<()> {
-    if active {
-        iot.update_authorizer()
-            .authorizer_name(name)
-            .status(AuthorizerStatus::Inactive)
-            .send()
-            .await
-            .aws("iot:UpdateAuthorizer")?;
-    }
-    match iot.delete_authorizer().authorizer_name(name).send().await {
+    let send = || iot.delete_authorizer().authorizer_name(name).send();
+    let result = match send().await {
+        Err(e)
+            if active
+                && e.as_service_error()
+                    .is_some_and(|e| e.is_delete_conflict_exception()) =>
+        {
+            deactivate(iot, name).await?;
+            send().await
+        }
+        other => other,
+    };
+    match result {
         Ok(_) => Ok(()),
         Err(e)
             if e.as_service_error()
@@ -180,8 +197,17 @@ impl Resource for Authorizer {
         "IoT authorizer"
     }
 
+    /// Nothing: it only names the function's ARN, which is known before the function exists,
+    /// and CreateAuthorizer does not check it ("The model does not validate it", aws-facts.md
+    /// §1), so it is created while IAM propagates the role and Lambda creates the function.
     fn after(&self) -> &'static [&'static str] {
-        &["function"]
+        &[]
+    }
+
+    /// The default cleared first: the stand-in refuses to delete the default authorizer (what
+    /// AWS does is not documented, aws-facts.md §1), so no caller relies on it.
+    fn removed_after(&self) -> &'static [&'static str] {
+        &["default-authorizer"]
     }
 
     fn read<'a>(
@@ -297,5 +323,23 @@ impl Resource for Authorizer {
     ) -> BoxFuture<'a, Result<()>> {
         let active = observed.authorizer.as_ref().is_some_and(|a| a.active);
         Box::pin(delete(&clients.iot, &names.authorizer, active))
+    }
+
+    /// Deactivated while the default is cleared, in the same round trip: the stand-in lets the
+    /// default be deactivated (AWS documents no rule either way, aws-facts.md §1), and when it
+    /// refuses, `delete` deactivates it again once the default is cleared.
+    fn retire<'a>(
+        &'a self,
+        clients: &'a Clients,
+        names: &'a Names,
+        observed: &'a All,
+    ) -> BoxFuture<'a, Result<()>> {
+        let active = observed.authorizer.as_ref().is_some_and(|a| a.active);
+        Box::pin(async move {
+            if active {
+                deactivate(&clients.iot, &names.authorizer).await?;
+            }
+            Ok(())
+        })
     }
 }

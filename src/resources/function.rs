@@ -27,17 +27,51 @@ use crate::resources::{
 /// How long `setup` keeps retrying CreateFunction while IAM propagates a new role. AWS gives no
 /// bound; seconds are typical, tools wait 1 to 5 minutes (aws-facts.md §5).
 pub const ROLE_PROPAGATION_BUDGET: Duration = Duration::from_secs(90);
-/// The longest pause between two CreateFunction attempts while the role propagates. Each attempt
-/// is one cheap, failed call; a longer pause only adds to the wait after the role has become
-/// assumable (with 8 s, a role assumable after 8 s was only tried again at 15 s).
-const ROLE_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+/// The time from one CreateFunction attempt to the next while the role propagates, for a small
+/// package: the role becomes assumable at some moment between two attempts, so setup waits on
+/// average half of it longer than IAM. Lambda allows 15 control-plane requests per second per
+/// account and Region, all APIs but invocation, GetFunction and GetPolicy together ("Lambda
+/// quotas", API requests: https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html);
+/// about 7 a second leaves more than half of that to the account's other callers. The attempts
+/// are setup's own, refused with a non-retryable error, so they draw nothing from the SDK's
+/// retry quota (only throttling and transient errors do).
+const ROLE_RETRY_MIN_DELAY: Duration = Duration::from_millis(150);
+/// Added per MiB of package: every attempt uploads the whole package again, so a large `--code`
+/// package (Lambda takes up to 50 MB) is tried less often: at 12.5 MB/s or faster, uploading
+/// takes at most the time between attempts (half of it at 25 MB/s).
+const ROLE_RETRY_DELAY_PER_MIB: Duration = Duration::from_millis(80);
+/// The longest time between attempts, reached by the largest packages (a 50 MB one: 11 attempts
+/// for a role that takes 40 s to propagate).
+const ROLE_RETRY_MAX_DELAY: Duration = Duration::from_secs(4);
 /// Bound on waiting for `Active` / `LastUpdateStatus: Successful`.
 const READY_BUDGET: Duration = Duration::from_secs(300);
-/// How often GetFunction is polled while Lambda creates or updates the function: the 1 s of the
-/// FunctionActiveV2/FunctionUpdatedV2 waiter models, as the AWS CLI polls. The SDK's generated
-/// waiters back off exponentially in whole seconds (1, 1–2, 1–4, 1–8 s...), which overshoots a
-/// state change of a few seconds by up to the last delay.
+/// How often GetFunction is polled at first (from poll to poll) while Lambda creates or updates
+/// the function: a small function takes a few seconds, and every interval adds half of itself to
+/// the wait on average. GetFunction has its own quota of 100 requests per second (same page), so 10 a
+/// second leaves most of it.
+const FAST_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the fast polls last; after that the 1 s of the FunctionActiveV2/FunctionUpdatedV2
+/// waiter models ([`POLL_INTERVAL`]). The SDK's generated waiters back off exponentially in whole
+/// seconds (1, 1–2, 1–4, 1–8 s...), which overshoots a state change of a few seconds by up to
+/// the last delay, so setup polls itself.
+const FAST_POLL_FOR: Duration = Duration::from_secs(10);
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The pause between two CreateFunction attempts for a package of `bytes`: see
+/// [`ROLE_RETRY_MIN_DELAY`] and [`ROLE_RETRY_DELAY_PER_MIB`].
+pub fn role_retry_delay(bytes: usize) -> Duration {
+    let per_mib = ROLE_RETRY_DELAY_PER_MIB.as_secs_f64() * bytes as f64 / (1024.0 * 1024.0);
+    (ROLE_RETRY_MIN_DELAY + Duration::from_secs_f64(per_mib)).min(ROLE_RETRY_MAX_DELAY)
+}
+
+/// The pause before the next GetFunction poll, `waited` after the first.
+fn poll_delay(waited: Duration) -> Duration {
+    if waited < FAST_POLL_FOR {
+        FAST_POLL_INTERVAL
+    } else {
+        POLL_INTERVAL
+    }
+}
 
 /// Runtimes Lambda has deprecated or blocked (aws-facts.md §7).
 pub const DEPRECATED_RUNTIMES: &[&str] = &[
@@ -312,8 +346,12 @@ pub async fn apply(app: &App, lambda: &Client, desired: &Desired, plan: &Plan) -
 /// what tells them apart (as Terraform does).
 async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -> Result<()> {
     let started = Instant::now();
-    let mut delay = Duration::from_secs(1);
+    let delay = role_retry_delay(desired.package.zip.len());
+    // Shown once, from the first refusal until the function is created.
+    let mut wait = None;
     loop {
+        // Paced from attempt to attempt, so an upload's duration is not added to the pause.
+        let attempted = Instant::now();
         let result = lambda
             .create_function()
             .function_name(&desired.names.function)
@@ -345,7 +383,8 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                 }) =>
             {
                 let waited = started.elapsed();
-                if waited + delay > ROLE_PROPAGATION_BUDGET {
+                let next = attempted + delay;
+                if next - started > ROLE_PROPAGATION_BUDGET {
                     bail!(Failure::new(
                         format!(
                             "Lambda still cannot assume role {} after {}s",
@@ -355,14 +394,15 @@ async fn create_with_role_retry(app: &App, lambda: &Client, desired: &Desired) -
                         "IAM is slow to propagate new roles; run `setup` again in a minute (it resumes where it stopped)"
                     ));
                 }
-                let _wait = app.wait(format!(
-                    "  waiting for IAM to propagate role {} to Lambda ({}s so far, up to {}s)",
-                    desired.names.role,
-                    waited.as_secs(),
-                    ROLE_PROPAGATION_BUDGET.as_secs()
-                ));
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(ROLE_RETRY_MAX_DELAY);
+                wait.get_or_insert_with(|| {
+                    app.wait(format!(
+                        "  waiting for IAM to propagate role {} to Lambda (trying every {} ms, up to {}s)",
+                        desired.names.role,
+                        delay.as_millis(),
+                        ROLE_PROPAGATION_BUDGET.as_secs()
+                    ))
+                });
+                tokio::time::sleep_until(next).await;
             }
             Err(e) => {
                 return Err(e)
@@ -401,7 +441,7 @@ async fn wait_updated(app: &App, lambda: &Client, name: &str) -> Result<()> {
     .await
 }
 
-/// Polls GetFunction every [`POLL_INTERVAL`] until `done` says it succeeded (`Some(true)`) or
+/// Polls GetFunction ([`poll_delay`]) until `done` says it succeeded (`Some(true)`) or
 /// failed (`Some(false)`), for up to [`READY_BUDGET`]. A failure or timeout says why, from the
 /// last configuration read (StateReason), not just "failed".
 async fn wait_for(
@@ -412,6 +452,8 @@ async fn wait_for(
 ) -> Result<()> {
     let started = Instant::now();
     loop {
+        // Paced from poll to poll: the answer's latency is not added to the interval.
+        let polled = Instant::now();
         let out = lambda
             .get_function()
             .function_name(name)
@@ -423,8 +465,9 @@ async fn wait_for(
         if outcome == Some(true) {
             return Ok(());
         }
-        if outcome.is_none() && started.elapsed() + POLL_INTERVAL <= READY_BUDGET {
-            tokio::time::sleep(POLL_INTERVAL).await;
+        let next = polled + poll_delay(polled - started);
+        if outcome.is_none() && next - started <= READY_BUDGET {
+            tokio::time::sleep_until(next).await;
             continue;
         }
         let state = c
@@ -559,8 +602,10 @@ impl Resource for Function {
         "Lambda function"
     }
 
+    /// The role (CreateFunction names it; the step retries while IAM propagates it) and the
+    /// log group, so that Lambda never creates it without a retention. The step returns once the
+    /// function is Active, so what comes after it can use it.
     fn after(&self) -> &'static [&'static str] {
-        // The log group first, so that Lambda never creates it without a retention.
         &["role", "log-group"]
     }
 
@@ -859,8 +904,22 @@ mod mocked {
         );
     }
 
+    #[test]
+    fn the_role_retry_pause_widens_with_the_package() {
+        // The bundled authorizer, about 20 KB: sub-second.
+        let small = role_retry_delay(20 * 1024);
+        assert!(small > ROLE_RETRY_MIN_DELAY && small < Duration::from_millis(152));
+        assert_eq!(
+            role_retry_delay(10 * 1024 * 1024),
+            Duration::from_millis(950)
+        );
+        assert_eq!(role_retry_delay(50 * 1024 * 1024), ROLE_RETRY_MAX_DELAY);
+        // Under half of Lambda's 15 control-plane requests per second, whatever the package.
+        assert!(role_retry_delay(0) >= Duration::from_secs(1) / 7);
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_propagated_role_is_tried_again_within_two_seconds() {
+    async fn a_propagated_role_is_tried_again_within_a_pause() {
         let late = mock!(Client::create_function)
             .sequence()
             .error(invalid_parameter(
@@ -876,8 +935,8 @@ mod mocked {
         create_with_role_retry(&app(), &lambda, &desired())
             .await
             .unwrap();
-        // Pauses of 1, 2, 2, 2 s: never more than ROLE_RETRY_MAX_DELAY after the role works.
-        assert_eq!(started.elapsed(), Duration::from_secs(7));
+        // Four pauses of 150 ms (an empty package): a working role is tried within one.
+        assert_eq!(started.elapsed(), 4 * ROLE_RETRY_MIN_DELAY);
         assert_eq!(late.num_calls(), 5);
     }
 
@@ -914,7 +973,7 @@ mod mocked {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pending_function_is_polled_every_second_until_active() {
+    async fn a_pending_function_is_polled_fast_until_active() {
         let pending = mock!(Client::get_function)
             .sequence()
             .output(in_state(State::Pending))
@@ -925,7 +984,7 @@ mod mocked {
         let started = Instant::now();
         wait_active(&app(), &lambda, "f").await.unwrap();
         // Active is seen at the first poll after it happened: no exponential back-off.
-        assert_eq!(started.elapsed(), 3 * POLL_INTERVAL);
+        assert_eq!(started.elapsed(), 3 * FAST_POLL_INTERVAL);
         assert_eq!(pending.num_calls(), 4);
     }
 

@@ -246,6 +246,12 @@ impl Resource for LogGroup {
         &[]
     }
 
+    /// After the function: an invocation in between would have Lambda create it again, with no
+    /// retention and no owner tag.
+    fn removed_after(&self) -> &'static [&'static str] {
+        &["function"]
+    }
+
     fn read<'a>(
         &'a self,
         clients: &'a Clients,

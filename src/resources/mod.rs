@@ -6,14 +6,17 @@
 //! value; [`RESOURCES`] lists those values, each naming what it depends on, and [`walk`] and
 //! [`walk_back`] order them by those dependencies. The commands never name a resource:
 //!
-//! - `setup` walks forward: refuse what must not be touched, then plan and apply each;
+//! - `setup` walks forward: refuse what must not be touched, then plan and apply each, every
+//!   resource as soon as what its [`Resource::after`] names is done ([`concurrently`]);
 //! - `status` reads everything and concatenates every resource's `checks` (read-only);
-//! - `teardown` walks back ([`walk_back`]), deleting what this deployment owns.
+//! - `teardown` walks back ([`walk_back`]), deleting what this deployment owns, every resource
+//!   as soon as what its [`Resource::removed_after`] names is gone.
 //!
 //! **Adding a resource** (a log group, a table): write `resources/<name>.rs` with its verbs and a
-//! `pub static RESOURCE` implementing [`Resource`] (its `after` names the resources it needs to
-//! exist first), add its observed state as a field of [`Observed`] (its `read` fills it in), and
-//! add one entry to [`RESOURCES`]. Nothing in `commands/` changes.
+//! `pub static RESOURCE` implementing [`Resource`] (its `after` names the resources it needs
+//! first, its `removed_after` those AWS needs gone before it can be deleted), add its observed
+//! state as a field of [`Observed`] (its `read` fills it in), and add one entry to
+//! [`RESOURCES`]. Nothing in `commands/` changes.
 
 pub mod authorizer;
 pub mod check;
@@ -25,8 +28,11 @@ pub mod permission;
 pub mod role;
 pub mod table;
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::Result;
-use futures::future::BoxFuture;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
 use serde::Serialize;
 
 use crate::app::App;
@@ -52,19 +58,17 @@ pub static RESOURCES: &[&dyn Resource] = &[
 /// The resources in the order `setup` creates them (and `status` reports them): each after
 /// everything its [`Resource::after`] names, ties broken by the order of [`RESOURCES`].
 pub fn walk() -> Vec<&'static dyn Resource> {
-    ordered(|r, done| r.after().iter().all(|dep| has(done, dep)))
+    ordered(RESOURCES.iter().copied(), |r, done| {
+        r.after().iter().all(|dep| has(done, dep))
+    })
 }
 
-/// The order `teardown` deletes in: each only once everything that depends on it, and
-/// everything its [`Resource::removed_after`] names, is gone; ties broken by the order of
-/// [`RESOURCES`].
+/// The order `teardown` deletes (and reports) in: each after everything its
+/// [`Resource::removed_after`] names, ties broken by the reverse order of [`RESOURCES`] (the
+/// last created first).
 pub fn walk_back() -> Vec<&'static dyn Resource> {
-    ordered(|r, done| {
-        RESOURCES
-            .iter()
-            .filter(|other| other.after().contains(&r.kind()))
-            .all(|other| has(done, other.kind()))
-            && r.removed_after().iter().all(|kind| has(done, kind))
+    ordered(RESOURCES.iter().rev().copied(), |r, done| {
+        r.removed_after().iter().all(|kind| has(done, kind))
     })
 }
 
@@ -72,17 +76,72 @@ fn has(done: &[&dyn Resource], kind: &str) -> bool {
     done.iter().any(|d| d.kind() == kind)
 }
 
-/// Repeatedly takes the first resource of [`RESOURCES`] not taken yet that `ready` allows.
-fn ordered(ready: impl Fn(&dyn Resource, &[&dyn Resource]) -> bool) -> Vec<&'static dyn Resource> {
+/// Repeatedly takes the first resource of `candidates` not taken yet that `ready` allows.
+fn ordered(
+    candidates: impl Iterator<Item = &'static dyn Resource> + Clone,
+    ready: impl Fn(&dyn Resource, &[&dyn Resource]) -> bool,
+) -> Vec<&'static dyn Resource> {
     let mut done: Vec<&'static dyn Resource> = Vec::with_capacity(RESOURCES.len());
     while done.len() < RESOURCES.len() {
-        let next = RESOURCES
-            .iter()
-            .find(|r| !has(&done, r.kind()) && ready(**r, &done))
-            .expect("RESOURCES: every `after` names a listed kind, without cycles");
-        done.push(*next);
+        let next = candidates
+            .clone()
+            .find(|r| !has(&done, r.kind()) && ready(*r, &done))
+            .expect(
+                "RESOURCES: every `after` and `removed_after` names a listed kind, without cycles",
+            );
+        done.push(next);
     }
     done
+}
+
+/// Resolves when every resource a step waits for has finished: `true` when all succeeded.
+pub type Ready<'a> = BoxFuture<'a, bool>;
+
+/// Runs `step` for every resource of `order` at once, handing each a [`Ready`] future that
+/// resolves when the resources of `order` it `needs` have finished (a kind not in `order`
+/// counts as done). A step can so do what needs nothing first (teardown deactivates an
+/// authorizer while the default is cleared) and wait for the rest; it should not start what
+/// needs a failed resource. `order` lists each resource after those it needs. Returns every
+/// step's result, in `order`, once all have finished: a failure does not cancel steps that do
+/// not depend on it, so a re-run finds as much done as possible.
+pub async fn concurrently<'a>(
+    order: &[&'static dyn Resource],
+    needs: fn(&dyn Resource) -> &'static [&'static str],
+    step: impl Fn(&'static dyn Resource, Ready<'a>) -> BoxFuture<'a, Result<()>>,
+) -> Vec<Result<()>> {
+    let results: Arc<Mutex<Vec<Option<Result<()>>>>> =
+        Arc::new(Mutex::new(order.iter().map(|_| None).collect()));
+    let mut finished: Vec<Shared<BoxFuture<'a, bool>>> = Vec::with_capacity(order.len());
+    for (i, resource) in order.iter().enumerate() {
+        let deps: Vec<_> = needs(*resource)
+            .iter()
+            .filter_map(|kind| order[..i].iter().position(|r| r.kind() == *kind))
+            .map(|j| finished[j].clone())
+            .collect();
+        let ready = futures::future::join_all(deps)
+            .map(|done| done.into_iter().all(|ok| ok))
+            .boxed();
+        let run = step(*resource, ready);
+        let results = Arc::clone(&results);
+        let done = async move {
+            let result = run.await;
+            let ok = result.is_ok();
+            results.lock().expect("no step panics holding it")[i] = Some(result);
+            ok
+        };
+        finished.push(done.boxed().shared());
+    }
+    futures::future::join_all(finished).await;
+    std::mem::take(&mut *results.lock().expect("no step panics holding it"))
+        .into_iter()
+        .map(|r| r.expect("every step has finished"))
+        .collect()
+}
+
+/// The error of a step that was not attempted because one of the kinds it `needed` could not be
+/// done (that one's own error is reported too).
+pub fn not_attempted(needed: &[&str]) -> anyhow::Error {
+    anyhow::anyhow!("not attempted: it needs {} first", needed.join(" and "))
 }
 
 /// What a resource's `read` found, to be stored in its field of [`Observed`]. The reads run
@@ -96,9 +155,11 @@ pub trait Resource: Sync {
     fn kind(&self) -> &'static str;
     /// For people: `IAM role`, `Lambda function`, ...
     fn label(&self) -> &'static str;
-    /// The kinds that must exist before this one can be created (and outlive it).
+    /// The kinds `setup` must have done (created, updated or found as desired) before it
+    /// applies this one: only what AWS needs, so that everything else runs concurrently.
     fn after(&self) -> &'static [&'static str];
-    /// The kinds `teardown` deletes before this one, besides those that depend on it.
+    /// The kinds `teardown` must have deleted before it deletes this one: only what AWS needs
+    /// (a resource may outlive what it refers to), so that independent chains run concurrently.
     fn removed_after(&self) -> &'static [&'static str] {
         &[]
     }
@@ -135,6 +196,16 @@ pub trait Resource: Sync {
         _options: &TeardownOptions,
     ) -> Removal {
         self.removal(names, observed)
+    }
+    /// `teardown`: what can be done before [`Resource::removed_after`] is gone (deactivating),
+    /// run at once; a failure is not final, `delete` tries it again.
+    fn retire<'a>(
+        &'a self,
+        _clients: &'a Clients,
+        _names: &'a Names,
+        _observed: &'a Observed,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
     }
     /// `teardown`: deletes it; already gone is success.
     fn delete<'a>(
@@ -420,23 +491,112 @@ pub mod tests {
                 );
             }
         }
-        let back: Vec<&str> = walk_back().iter().map(|r| r.kind()).collect();
+        let back = walk_back();
+        let kinds: Vec<&str> = back.iter().map(|r| r.kind()).collect();
         assert_eq!(
-            back,
+            kinds,
             [
                 "default-authorizer",
-                "authorizer",
                 "permission",
+                "authorizer",
                 "function",
-                "role",
                 "log-group",
+                "role",
                 "table"
             ]
         );
+        for (i, r) in back.iter().enumerate() {
+            for dep in r.removed_after() {
+                assert!(
+                    back[..i].iter().any(|d| d.kind() == *dep),
+                    "{} is removed after {dep}",
+                    r.kind()
+                );
+            }
+        }
         let mut kinds: Vec<_> = RESOURCES.iter().map(|r| r.kind()).collect();
         kinds.sort_unstable();
         kinds.dedup();
         assert_eq!(kinds.len(), RESOURCES.len(), "kinds are unique");
+    }
+
+    /// When each step of setup's walk starts and ends, on tokio's paused clock, with the role
+    /// failing when `role_fails`: each waits for exactly what its `after` names, and a failure
+    /// stops only what depends on it.
+    async fn timed_walk(role_fails: bool) -> Vec<(&'static str, u64, Option<u64>)> {
+        use std::time::Duration;
+        use tokio::time::{Instant, sleep};
+        let started = Instant::now();
+        let ms = |i: Instant| (i - started).as_millis() as u64;
+        let walk = walk();
+        let log = Mutex::new(Vec::new());
+        let results = concurrently(
+            &walk,
+            |r| r.after(),
+            |r, ready| {
+                let log = &log;
+                Box::pin(async move {
+                    if !ready.await {
+                        return Err(not_attempted(r.after()));
+                    }
+                    let start = Instant::now();
+                    // The function's step is the long one (IAM, then Pending).
+                    let took = if r.kind() == "function" { 1000 } else { 100 };
+                    sleep(Duration::from_millis(took)).await;
+                    log.lock()
+                        .unwrap()
+                        .push((r.kind(), ms(start), ms(Instant::now())));
+                    if role_fails && r.kind() == "role" {
+                        anyhow::bail!("denied");
+                    }
+                    Ok(())
+                })
+            },
+        )
+        .await;
+        let log = log.into_inner().unwrap();
+        walk.iter()
+            .zip(results)
+            .map(|(r, result)| {
+                let (_, start, end) = log
+                    .iter()
+                    .find(|(k, ..)| *k == r.kind())
+                    .copied()
+                    .unwrap_or((r.kind(), u64::MAX, 0));
+                (r.kind(), start, result.is_ok().then_some(end))
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn setup_starts_each_step_once_what_it_needs_is_done() {
+        assert_eq!(
+            timed_walk(false).await,
+            [
+                ("role", 0, Some(100)),
+                ("log-group", 0, Some(100)),
+                ("function", 100, Some(1100)),
+                // While the function waits: it only names the function's ARN.
+                ("authorizer", 0, Some(100)),
+                ("permission", 1100, Some(1200)),
+                ("default-authorizer", 100, Some(200)),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_step_stops_only_what_depends_on_it() {
+        assert_eq!(
+            timed_walk(true).await,
+            [
+                ("role", 0, None),
+                ("log-group", 0, Some(100)),
+                ("function", u64::MAX, None),
+                ("authorizer", 0, Some(100)),
+                ("permission", u64::MAX, None),
+                ("default-authorizer", 100, Some(200)),
+            ]
+        );
     }
 
     /// A desired state for the pure planning tests.

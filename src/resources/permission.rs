@@ -165,15 +165,18 @@ impl Resource for Permission {
         "invoke permission"
     }
 
-    /// Only the function: the authorizer's ARN it names is known before the authorizer exists.
+    /// Only the function, and only once it is Active (its step returns then): Lambda refuses
+    /// operations on a Pending function (aws-facts.md §6, §13), and the stand-in refuses
+    /// AddPermission then. The authorizer's ARN it names is known before the authorizer exists.
     fn after(&self) -> &'static [&'static str] {
         &["function"]
     }
 
-    /// IoT invokes the function through this statement while the authorizer exists: deleting
-    /// the authorizer first means no login meets an authorizer that can no longer be invoked.
+    /// Nothing: the statement is part of the function's policy and goes with the function, so
+    /// it is removed alongside DeleteFunction (whichever comes second finds it gone, which is
+    /// success), while the IoT chain deactivates the authorizer in the same round trip.
     fn removed_after(&self) -> &'static [&'static str] {
-        &["authorizer"]
+        &[]
     }
 
     fn read<'a>(

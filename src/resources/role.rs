@@ -381,6 +381,13 @@ impl Resource for Role {
         &[]
     }
 
+    /// Nothing: IAM deletes a role a function still names (Lambda only assumes it when it
+    /// runs), so the IAM chain runs alongside the Lambda one; a function left behind by a failed
+    /// deletion is removed by the next `teardown` all the same.
+    fn removed_after(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     fn read<'a>(
         &'a self,
         clients: &'a Clients,
