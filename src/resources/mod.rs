@@ -500,9 +500,9 @@ pub mod tests {
                 "permission",
                 "authorizer",
                 "function",
+                "table",
                 "log-group",
-                "role",
-                "table"
+                "role"
             ]
         );
         for (i, r) in back.iter().enumerate() {
@@ -575,6 +575,8 @@ pub mod tests {
             [
                 ("role", 0, Some(100)),
                 ("log-group", 0, Some(100)),
+                // Only with the DynamoDB store; it needs nothing first.
+                ("table", 0, Some(100)),
                 ("function", 100, Some(1100)),
                 // While the function waits: it only names the function's ARN.
                 ("authorizer", 0, Some(100)),
@@ -591,6 +593,7 @@ pub mod tests {
             [
                 ("role", 0, None),
                 ("log-group", 0, Some(100)),
+                ("table", 0, Some(100)),
                 ("function", u64::MAX, None),
                 ("authorizer", 0, Some(100)),
                 ("permission", u64::MAX, None),
