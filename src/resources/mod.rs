@@ -264,8 +264,6 @@ pub struct Desired {
     pub timeout_seconds: i32,
     pub default_authorizer: bool,
     pub log_retention_days: i32,
-    /// Where the devices live; with `dynamodb` the table and the role's read grant are desired.
-    pub store: crate::config::CredentialStore,
 }
 
 impl Desired {
@@ -281,7 +279,6 @@ impl Desired {
         let prefix = bundle::arn_prefix_in(&identity.partition, region, &identity.account);
         let package = bundle::build_for(config, &names, code, &prefix)?;
         Ok(Self {
-            store: names.store,
             names,
             account: identity.account.clone(),
             partition: identity.partition.clone(),
@@ -619,7 +616,6 @@ pub mod tests {
             timeout_seconds: 5,
             default_authorizer: true,
             log_retention_days: 30,
-            store: crate::config::CredentialStore::Package,
         }
     }
 }

@@ -53,7 +53,7 @@ pub fn devices_policy(table_arn: &str) -> Value {
 
 /// The inline policy the role should carry: only with the DynamoDB store.
 pub fn desired_devices_policy(desired: &Desired) -> Option<Value> {
-    (desired.store == CredentialStore::Dynamodb).then(|| devices_policy(&desired.table_arn()))
+    (desired.names.store == CredentialStore::Dynamodb).then(|| devices_policy(&desired.table_arn()))
 }
 
 pub fn trust_policy() -> Value {

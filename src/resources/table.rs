@@ -345,7 +345,7 @@ impl Resource for Table {
     }
 
     fn deployed(&self, desired: &Desired) -> bool {
-        desired.store == CredentialStore::Dynamodb
+        desired.names.store == CredentialStore::Dynamodb
     }
 
     fn read<'a>(
@@ -360,7 +360,7 @@ impl Resource for Table {
     }
 
     fn checks(&self, desired: &Desired, observed: &All) -> Vec<Check> {
-        if desired.store != CredentialStore::Dynamodb {
+        if desired.names.store != CredentialStore::Dynamodb {
             return vec![];
         }
         let n = &desired.names;
@@ -437,7 +437,7 @@ impl Resource for Table {
 
     fn refuse(&self, desired: &Desired, observed: &All, _: &SetupOptions) -> Result<()> {
         let n = &desired.names;
-        if desired.store != CredentialStore::Dynamodb {
+        if desired.names.store != CredentialStore::Dynamodb {
             return Ok(());
         }
         match &observed.table {
@@ -462,7 +462,7 @@ impl Resource for Table {
 
     fn apply<'a>(&'a self, step: &'a Step<'a>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            if step.desired.store != CredentialStore::Dynamodb {
+            if step.desired.names.store != CredentialStore::Dynamodb {
                 return Ok(());
             }
             let plan = plan(step.observed.table.as_ref());
