@@ -4,11 +4,11 @@
 # throughput with a stalled subscriber attached; 1,000 devices configured by default.
 #
 #   bench/local/run.sh [--devices 1000] [--logins 2000] [--concurrency 8] [--messages 20000]
-#                      [--mqtt5 0] [--stalled-messages N]
+#                      [--mqtt5 0] [--stalled-messages N] [--authorizer-workers N]
 #
 # --mqtt5 0 and --stalled-messages (0 = leave out; default --messages) let the same harness
 # measure an older build side by side (one without MQTT 5, or whose stalled subscriber holds each
-# publish for a second).
+# publish for a second). --authorizer-workers is passed to `local` (default: local's own).
 #
 # Uses `node` from PATH, or IOT_CUSTOM_AUTH_NODE. Measures target/release/iot-custom-auth (built
 # here), or the binary IOT_CUSTOM_AUTH_BIN names.

@@ -9,13 +9,12 @@
 //! `connect` uses) and only the small routing below is ours.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::mqttbytes::QoS;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Console;
@@ -50,11 +49,64 @@ struct Entry {
 }
 
 struct Online {
-    deliveries: mpsc::Sender<Message>,
+    deliveries: Outlet,
     /// Fired when a newer connection takes over the client ID.
     takeover: oneshot::Sender<()>,
-    /// Fired when the client cannot keep up: a QoS 1 message found its queue full.
-    overflow: Arc<Notify>,
+}
+
+/// The sending side of a session's deliveries.
+struct Outlet {
+    queue: mpsc::UnboundedSender<Message>,
+    /// Bytes this session's queue holds (`Message::queued_bytes`).
+    held: Arc<AtomicUsize>,
+}
+
+/// A session's waiting deliveries. The queue is bounded by the memory its messages hold, not by
+/// their number: a burst of small messages to a subscriber that reads at full speed fits (a
+/// count of 1,024 dropped 80% of a 20,000-message burst of 20-byte payloads), while a few large
+/// ones cannot pin memory (1,024 payloads of 128 KB would be 128 MB). All sessions together are
+/// bounded too (`limits::DELIVERIES_BYTES`).
+pub struct Deliveries {
+    queue: mpsc::UnboundedReceiver<Message>,
+    held: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Deliveries {
+    /// The next delivery. Cancel-safe, as `mpsc::UnboundedReceiver::recv` is.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let message = self.queue.recv().await?;
+        self.release(&message);
+        Some(message)
+    }
+
+    /// The next delivery if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        let message = self.queue.try_recv().ok()?;
+        self.release(&message);
+        Some(message)
+    }
+
+    /// Whether deliveries are waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn release(&self, message: &Message) {
+        let bytes = message.queued_bytes();
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+        self.total.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Deliveries {
+    /// What is still queued leaves the gateway-wide count with it.
+    fn drop(&mut self) {
+        self.queue.close();
+        while let Some(message) = self.try_recv() {
+            drop(message);
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -67,9 +119,8 @@ pub struct Subscription {
 /// A connection's membership in the registry.
 pub struct Membership {
     pub connection: u64,
-    pub deliveries: mpsc::Receiver<Message>,
+    pub deliveries: Deliveries,
     pub takeover: oneshot::Receiver<()>,
-    pub overflow: Arc<Notify>,
     /// A persistent session was resumed (CONNACK's session present).
     pub session_present: bool,
     /// QoS 1 messages queued while the session was offline, oldest first.
@@ -85,6 +136,14 @@ pub struct Routed {
     pub dropped: usize,
 }
 
+/// Why a delivery was not queued.
+enum Refused {
+    /// The session's queue, or all sessions' together, hold their bound.
+    Full,
+    /// The session has just ended.
+    Closed,
+}
+
 /// The sessions by client ID, their subscriptions indexed by topic level, and the retained
 /// messages. Everything a publish touches is found through the index, so a publish costs the
 /// levels of its topic and its matching subscriptions, never a scan of all subscriptions; and a
@@ -93,6 +152,8 @@ pub struct Routed {
 pub struct Registry {
     state: Mutex<State>,
     next_connection: AtomicU64,
+    /// Bytes queued for all sessions together.
+    queued: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -109,13 +170,20 @@ impl Registry {
     /// session it had is resumed unless the client asked for a clean start.
     pub fn join(&self, client_id: &str, clean_start: bool) -> Membership {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let (deliveries_tx, deliveries) = mpsc::channel(limits::DELIVERY_QUEUE);
+        let (sender, queue) = mpsc::unbounded_channel();
+        let held = Arc::new(AtomicUsize::new(0));
+        let deliveries = Deliveries {
+            queue,
+            held: held.clone(),
+            total: self.queued.clone(),
+        };
         let (takeover_tx, takeover) = oneshot::channel();
-        let overflow = Arc::new(Notify::new());
         let online = Online {
-            deliveries: deliveries_tx,
+            deliveries: Outlet {
+                queue: sender,
+                held,
+            },
             takeover: takeover_tx,
-            overflow: overflow.clone(),
         };
         let mut state = self.lock();
         state.forget_expired();
@@ -148,7 +216,6 @@ impl Registry {
             connection,
             deliveries,
             takeover,
-            overflow,
             session_present,
             queued,
         }
@@ -224,9 +291,9 @@ impl Registry {
 
     /// Queues `message` for every session with a matching subscription, at the lower of the
     /// message's and the subscription's QoS; a shared subscription's group gets it once, in
-    /// turn. Never waits: a full queue drops the message and, for QoS 1, tells that session
-    /// (which disconnects a client that acknowledges nothing). Offline persistent sessions
-    /// queue QoS 1.
+    /// turn. Never waits: a full queue drops the message for that session (whose own loop
+    /// disconnects a client that has stopped acknowledging, session.rs). Offline persistent
+    /// sessions queue QoS 1.
     /// Whether a receiver may `iot:Receive` it is its own connection's check.
     pub fn route(&self, message: &Message, publisher: &str) -> Routed {
         let mut routed = Routed::default();
@@ -254,18 +321,12 @@ impl Registry {
             copy.qos = qos;
             copy.pkid = 0;
             match &entry.online {
-                Some(online) => match online.deliveries.try_send(copy) {
+                Some(online) => match self.offer(&online.deliveries, copy) {
                     Ok(()) => routed.delivered += 1,
                     // IoT: a client with its in-flight messages unacknowledged "can't receive
-                    // messages". The message is dropped for it; at QoS 1 the session is told,
-                    // and disconnects if the client is not acknowledging anything.
-                    Err(TrySendError::Full(_)) => {
-                        routed.dropped += 1;
-                        if qos == QoS::AtLeastOnce {
-                            online.overflow.notify_one();
-                        }
-                    }
-                    Err(TrySendError::Closed(_)) => {}
+                    // messages". The message is dropped for it.
+                    Err(Refused::Full) => routed.dropped += 1,
+                    Err(Refused::Closed) => {}
                 },
                 None if qos == QoS::AtLeastOnce && entry.expires.is_some_and(|e| e > now) => {
                     if entry.queued.len() >= limits::QUEUED_PER_SESSION {
@@ -301,6 +362,29 @@ impl Registry {
             .filter(|m| topic_matches(&m.topic, filter))
             .cloned()
             .collect()
+    }
+
+    /// Queues `message` for a session unless that would pass its bound or all sessions'
+    /// (one message is always let into an empty queue, so no message is too large to deliver).
+    fn offer(&self, outlet: &Outlet, message: Message) -> Result<(), Refused> {
+        let bytes = message.queued_bytes();
+        let held = outlet.held.fetch_add(bytes, Ordering::Relaxed);
+        let total = self.queued.fetch_add(bytes, Ordering::Relaxed);
+        let over =
+            held + bytes > limits::DELIVERY_QUEUE_BYTES || total + bytes > limits::DELIVERIES_BYTES;
+        let refused = if over && held > 0 {
+            Some(Refused::Full)
+        } else {
+            outlet.queue.send(message).err().map(|_| Refused::Closed)
+        };
+        match refused {
+            None => Ok(()),
+            Some(why) => {
+                outlet.held.fetch_sub(bytes, Ordering::Relaxed);
+                self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                Err(why)
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -513,7 +597,7 @@ mod tests {
                 .unwrap();
             registry.route(&message(topic, QoS::AtMostOnce), "p");
             assert_eq!(
-                member.deliveries.try_recv().is_ok(),
+                member.deliveries.try_recv().is_some(),
                 expected,
                 "index: {topic} {filter}"
             );
@@ -555,7 +639,7 @@ mod tests {
         let got = first.deliveries.recv().await.unwrap();
         assert_eq!(got.topic, "t/1");
         assert_eq!(got.qos, QoS::AtLeastOnce);
-        assert!(other.deliveries.try_recv().is_err());
+        assert!(other.deliveries.try_recv().is_none());
 
         let mut second = registry.join("c1", true);
         assert!(first.takeover.try_recv().is_ok());
@@ -570,34 +654,59 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_drops_and_flags_qos1_without_waiting() {
+    fn a_full_queue_drops_without_waiting_and_frees_its_bytes_when_read() {
         let registry = Registry::default();
-        let member = registry.join("slow", true);
+        let mut member = registry.join("slow", true);
         registry
             .subscribe("slow", member.connection, "t", sub(QoS::AtLeastOnce))
             .unwrap();
-        for _ in 0..limits::DELIVERY_QUEUE {
+        let big = |qos| Message {
+            payload: Bytes::from(vec![0u8; 100 * 1024]),
+            ..message("t", qos)
+        };
+        let fits = limits::DELIVERY_QUEUE_BYTES / big(QoS::AtMostOnce).queued_bytes();
+        for _ in 0..fits {
+            assert_eq!(registry.route(&big(QoS::AtMostOnce), "p").delivered, 1);
+        }
+        assert_eq!(registry.route(&big(QoS::AtMostOnce), "p").dropped, 1);
+        assert_eq!(registry.route(&big(QoS::AtLeastOnce), "p").dropped, 1);
+        // Small messages are bounded by the same bytes, not by a count: thousands fit.
+        let other = registry.join("fast", true);
+        registry
+            .subscribe("fast", other.connection, "u", sub(QoS::AtMostOnce))
+            .unwrap();
+        for _ in 0..20_000 {
             assert_eq!(
                 registry
-                    .route(&message("t", QoS::AtMostOnce), "p")
+                    .route(&message("u", QoS::AtMostOnce), "p")
                     .delivered,
                 1
             );
         }
-        assert_eq!(
-            registry.route(&message("t", QoS::AtMostOnce), "p").dropped,
-            1
-        );
-        assert_eq!(
-            registry.route(&message("t", QoS::AtLeastOnce), "p").dropped,
-            1
-        );
-        // The flag is stored: the session sees it at its next wait.
-        let notified = member.overflow.notified();
-        let waker = futures::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
-        let mut notified = std::pin::pin!(notified);
-        assert!(notified.as_mut().poll(&mut cx).is_ready());
+        // Reading one makes room for one more.
+        assert!(member.deliveries.try_recv().is_some());
+        assert_eq!(registry.route(&big(QoS::AtMostOnce), "p").delivered, 1);
+        // A session that ends gives back what it held.
+        drop(member);
+        drop(other);
+        assert_eq!(registry.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn one_message_larger_than_the_bound_still_reaches_an_empty_queue() {
+        let registry = Registry::default();
+        let mut member = registry.join("c", true);
+        registry
+            .subscribe("c", member.connection, "t", sub(QoS::AtMostOnce))
+            .unwrap();
+        let huge = Message {
+            payload: Bytes::from(vec![0u8; limits::DELIVERY_QUEUE_BYTES]),
+            ..message("t", QoS::AtMostOnce)
+        };
+        assert_eq!(registry.route(&huge, "p").delivered, 1);
+        assert_eq!(registry.route(&huge, "p").dropped, 1);
+        assert!(member.deliveries.try_recv().is_some());
+        assert!(member.deliveries.is_empty());
     }
 
     #[test]
@@ -618,8 +727,7 @@ mod tests {
         for _ in 0..4 {
             registry.route(&message("t/1", QoS::AtLeastOnce), "p");
         }
-        let count =
-            |m: &mut Membership| std::iter::from_fn(|| m.deliveries.try_recv().ok()).count();
+        let count = |m: &mut Membership| std::iter::from_fn(|| m.deliveries.try_recv()).count();
         assert_eq!((count(&mut a), count(&mut b)), (2, 2));
     }
 

@@ -104,6 +104,23 @@ impl Message {
         }
     }
 
+    /// The memory a queued copy holds: the struct and what it owns on the heap. A session's
+    /// waiting deliveries are bounded by this sum (broker.rs).
+    pub fn queued_bytes(&self) -> usize {
+        let properties = self.properties.as_ref().map_or(0, |p| {
+            let strings = p
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48);
+            p.response_topic.as_ref().map_or(0, String::len)
+                + p.correlation_data.as_ref().map_or(0, Bytes::len)
+                + p.content_type.as_ref().map_or(0, String::len)
+                + strings.sum::<usize>()
+                + std::mem::size_of::<v5::PublishProperties>()
+        });
+        std::mem::size_of::<Self>() + self.topic.len() + self.payload.len() + properties
+    }
+
     /// Starts the message expiry clock (MQTT 5 §3.3.2.3.3) and drops what the receiver must
     /// not see: the sender's topic alias and subscription identifiers.
     fn received(mut self) -> Self {

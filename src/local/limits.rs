@@ -19,7 +19,9 @@
 //! | Topic aliases per connection            | 8            | DISCONNECT 0x94 over it                               |
 //! | Persistent session expiry               | 1 hour       | IoT's default; a longer request is cut to it          |
 //! | Queued QoS 1 messages per offline session | 1,000 (local) | older ones dropped first                            |
-//! | Deliveries waiting for a slow client    | 1,024 (local)| past it messages are dropped for it; one acknowledging nothing for 2 s then is disconnected |
+//! | Deliveries waiting for one client       | 8 MiB (local)| past it messages are dropped for it                   |
+//! | Deliveries waiting, all clients         | 256 MiB (local)| past it messages are dropped                        |
+//! | A client with 100 QoS 1 unacknowledged and more waiting | 2 s (local) | acknowledging nothing for that long: DISCONNECT 0x97 |
 
 use std::time::Duration;
 
@@ -36,7 +38,14 @@ pub const INFLIGHT: u16 = 100;
 pub const TOPIC_ALIASES: u16 = 8;
 pub const SESSION_EXPIRY: Duration = Duration::from_secs(3600);
 pub const QUEUED_PER_SESSION: usize = 1000;
-pub const DELIVERY_QUEUE: usize = 1024;
+/// Memory the deliveries waiting for one session may hold (`Message::queued_bytes`, about 260
+/// bytes for a small message: some 30,000 of them).
+pub const DELIVERY_QUEUE_BYTES: usize = 8 << 20;
+/// Memory the deliveries waiting for all sessions together may hold.
+pub const DELIVERIES_BYTES: usize = 256 << 20;
+/// How long a client may hold IoT's 100 unacknowledged QoS 1 messages, with more waiting,
+/// without acknowledging any: past it the client has stopped reading and is disconnected.
+pub const STALL_LIMIT: Duration = Duration::from_secs(2);
 
 /// `Err` says which limit a topic name or filter breaks.
 pub fn check_topic(topic: &str) -> Result<(), String> {

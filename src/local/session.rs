@@ -19,7 +19,12 @@
 //! Back-pressure: the session never writes to the socket itself. It queues encoded packets for
 //! its writer task through a bounded queue, so a client that stops reading stalls only its own
 //! writer; the session's keep-alive, refresh and disconnect timers keep running. Deliveries wait
-//! in the session's own bounded queue (broker.rs), which publishers never wait on.
+//! in the session's own queue, bounded by bytes (broker.rs), which publishers never wait on; the
+//! session takes one from it only when the writer's queue has room, so the one place a message
+//! is dropped for a slow client is that bound. A client holding its whole window of
+//! unacknowledged QoS 1 messages, with more waiting, that acknowledges nothing for
+//! `limits::STALL_LIMIT` has stopped reading and is disconnected; one whose socket takes no data
+//! for a keep-alive period, too.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -33,12 +38,12 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::server::TlsStream;
 
-use super::broker::{Gateway, Subscription, shared};
+use super::broker::{Deliveries, Gateway, Subscription, shared};
 use super::codec::{
     self, Connect, Decoder, Encoded, Encoder, Filter, Hello, Incoming, Message, Outgoing, Reason,
     Refusal, Version,
@@ -50,14 +55,16 @@ use super::response::{self, Grant, Verdict};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Encoded packets waiting for the writer task. Past it, QoS 0 deliveries are dropped and
-/// anything else means the client does not read what it is sent.
+/// Encoded packets waiting for the writer task. Deliveries stop being taken from the session's
+/// queue while fewer than `CONTROL_ROOM` places are free; a control packet (an acknowledgement)
+/// finding no place means the client does not read what it is sent.
 const OUTBOX: usize = 1024;
+const CONTROL_ROOM: usize = 64;
+/// Packets handled in one turn of the session loop before its timers and other sources are
+/// looked at again: what is already read or queued is handled without a wait in between.
+const BATCH: usize = 256;
 /// How long the writer may take to flush the last packets (a DISCONNECT) once a session ends.
 const FLUSH_AT_END: Duration = Duration::from_secs(1);
-/// A client whose QoS 1 messages are being dropped (its queue is full) and that acknowledges
-/// nothing for this long has stopped reading: it is disconnected.
-const STALL_LIMIT: Duration = Duration::from_secs(2);
 /// The writer sends what is queued in writes of up to this many bytes.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -115,6 +122,14 @@ enum ReadError {
 }
 
 impl Reader {
+    /// The next packet if it is already read, without waiting.
+    fn buffered(&mut self, decoder: &mut Decoder) -> Option<Result<Incoming, ReadError>> {
+        decoder
+            .decode(&mut self.buf)
+            .map_err(ReadError::Refused)
+            .transpose()
+    }
+
     /// The next packet. Cancel-safe: bytes read so far stay in `buf`.
     async fn next(&mut self, decoder: &mut Decoder) -> Result<Incoming, ReadError> {
         loop {
@@ -387,9 +402,8 @@ struct Session<'g> {
     version: Version,
     encoder: Encoder,
     connection: u64,
-    deliveries: mpsc::Receiver<Message>,
+    deliveries: Deliveries,
     takeover: oneshot::Receiver<()>,
-    overflow: Arc<Notify>,
     /// Encoded packets for the writer task; `None` once the session has ended.
     outbox: Option<mpsc::Sender<Bytes>>,
     policy: Policy,
@@ -405,8 +419,9 @@ struct Session<'g> {
     /// Deliveries waiting for room in flight: a resumed session's queue, retained messages.
     backlog: VecDeque<Message>,
     next_packet_id: u16,
-    /// When the client last acknowledged a delivery.
-    last_ack: Instant,
+    /// When the client last acknowledged a delivery, or last had its window of unacknowledged
+    /// messages filled: a full window is a stall once this is `STALL_LIMIT` old.
+    last_progress: Instant,
     buf: BytesMut,
 }
 
@@ -459,7 +474,6 @@ impl<'g> Session<'g> {
             connection: membership.connection,
             deliveries: membership.deliveries,
             takeover: membership.takeover,
-            overflow: membership.overflow,
             outbox: None,
             policy,
             event,
@@ -470,7 +484,7 @@ impl<'g> Session<'g> {
             inflight_max: usize::from(connect.receive_maximum.min(limits::INFLIGHT)),
             backlog: membership.queued.into(),
             next_packet_id: 0,
-            last_ack: Instant::now(),
+            last_progress: Instant::now(),
             buf: BytesMut::new(),
         };
         (session, membership.session_present)
@@ -542,53 +556,46 @@ impl<'g> Session<'g> {
         let mut refresh_at = started + grant.refresh_after;
         let mut last_heard = started;
         let idle_limit = self.keep_alive * 3 / 2;
-        let overflow = self.overflow.clone();
-        let mut stall_check: Option<Instant> = None;
+        // Wakes the loop when the writer has made room for deliveries again.
+        let Some(outbox) = self.outbox.clone() else {
+            return Step::Continue;
+        };
         loop {
-            while self.inflight.len() < self.inflight_max {
-                let Some(message) = self.backlog.pop_front() else {
-                    break;
-                };
-                if let Step::Close { reason, why } = self.deliver(message) {
-                    return Step::Close { reason, why };
-                }
+            if let Step::Close { reason, why } = self.take_backlog() {
+                return Step::Close { reason, why };
             }
-            let room = self.inflight.len() < self.inflight_max && self.backlog.is_empty();
+            let window_open = self.inflight.len() < self.inflight_max;
+            let room = window_open && self.backlog.is_empty();
+            let writable = outbox.capacity() > CONTROL_ROOM;
+            // A full window with deliveries waiting: the client must acknowledge something
+            // within the stall limit.
+            let waiting = !(self.deliveries.is_empty() && self.backlog.is_empty());
+            let stalled_at =
+                (!window_open && waiting).then(|| self.last_progress + limits::STALL_LIMIT);
             let step = tokio::select! {
                 packet = reader.next(&mut decoder) => {
                     last_heard = Instant::now();
-                    match packet {
-                        Ok(packet) => self.handle(packet),
-                        Err(ReadError::Closed(why)) => Step::Close { reason: None, why },
-                        Err(ReadError::Refused(r)) => close(r.reason, r.why),
-                    }
+                    self.read(packet, &mut reader, &mut decoder)
                 }
-                Some(message) = self.deliveries.recv(), if room => self.deliver(message),
+                Some(message) = self.deliveries.recv(), if room && writable => {
+                    self.deliver_waiting(message, &outbox)
+                }
+                // Only while the writer's queue is nearly full: returns once it has room.
+                _ = outbox.reserve_many(CONTROL_ROOM + 1), if !writable => Step::Continue,
                 _ = &mut self.takeover => close(
                     Reason::SessionTakenOver,
                     "a new connection with the same client ID took over",
                 ),
-                _ = overflow.notified() => {
-                    // A QoS 1 message was dropped for this client: it has STALL_LIMIT to show
-                    // it is still acknowledging.
-                    stall_check.get_or_insert(Instant::now() + STALL_LIMIT);
-                    Step::Continue
-                }
-                _ = sleep_until(stall_check.unwrap_or(disconnect_at)), if stall_check.is_some() => {
-                    let since = stall_check.take().expect("guarded") - STALL_LIMIT;
-                    if self.last_ack < since {
-                        close(
-                            Reason::QuotaExceeded,
-                            format!(
-                                "the client did not keep up: {} deliveries were waiting for it \
-                                 and it acknowledged nothing for {} s",
-                                limits::DELIVERY_QUEUE,
-                                STALL_LIMIT.as_secs()
-                            ),
-                        )
-                    } else {
-                        Step::Continue
-                    }
+                _ = sleep_until(stalled_at.unwrap_or(disconnect_at)), if stalled_at.is_some() => {
+                    close(
+                        Reason::QuotaExceeded,
+                        format!(
+                            "the client did not keep up: {} QoS 1 messages were unacknowledged, \
+                             more were waiting, and it acknowledged nothing for {} s",
+                            self.inflight.len(),
+                            limits::STALL_LIMIT.as_secs()
+                        ),
+                    )
                 }
                 written = &mut *writer => Step::Close {
                     reason: None,
@@ -613,6 +620,65 @@ impl<'g> Session<'g> {
         }
     }
 
+    /// Moves waiting messages (a resumed session's queue, retained ones) into the window while
+    /// the writer's queue has room.
+    fn take_backlog(&mut self) -> Step {
+        let writable = |o: &Option<mpsc::Sender<Bytes>>| {
+            o.as_ref().is_some_and(|o| o.capacity() > CONTROL_ROOM)
+        };
+        while self.inflight.len() < self.inflight_max && writable(&self.outbox) {
+            let Some(message) = self.backlog.pop_front() else {
+                break;
+            };
+            let step = self.deliver(message);
+            if !matches!(step, Step::Continue) {
+                return step;
+            }
+        }
+        Step::Continue
+    }
+
+    /// Handles a packet read and then those already read behind it, up to `BATCH`.
+    fn read(
+        &mut self,
+        first: Result<Incoming, ReadError>,
+        reader: &mut Reader,
+        decoder: &mut Decoder,
+    ) -> Step {
+        let mut packet = Some(first);
+        for _ in 0..BATCH {
+            let step = match packet.take() {
+                Some(Ok(packet)) => self.handle(packet),
+                Some(Err(ReadError::Closed(why))) => Step::Close { reason: None, why },
+                Some(Err(ReadError::Refused(r))) => close(r.reason, r.why),
+                None => return Step::Continue,
+            };
+            if !matches!(step, Step::Continue) {
+                return step;
+            }
+            packet = reader.buffered(decoder);
+        }
+        Step::Continue
+    }
+
+    /// Delivers a message taken from the queue and then those waiting behind it, up to `BATCH`,
+    /// while the window and the writer's queue have room.
+    fn deliver_waiting(&mut self, first: Message, outbox: &mpsc::Sender<Bytes>) -> Step {
+        let mut message = Some(first);
+        for _ in 0..BATCH {
+            let Some(next) = message.take() else { break };
+            let step = self.deliver(next);
+            if !matches!(step, Step::Continue) {
+                return step;
+            }
+            if self.inflight.len() >= self.inflight_max || outbox.capacity() <= CONTROL_ROOM {
+                break;
+            }
+            message = self.deliveries.try_recv();
+        }
+        Step::Continue
+    }
+
     fn handle(&mut self, packet: Incoming) -> Step {
         match packet {
             Incoming::Publish(message) => self.publish(message),
@@ -628,7 +694,7 @@ impl<'g> Session<'g> {
             Incoming::PingReq => self.send_control(Outgoing::PingResp),
             Incoming::PubAck(pkid) => {
                 self.inflight.remove(&pkid);
-                self.last_ack = Instant::now();
+                self.last_progress = Instant::now();
                 Step::Continue
             }
             Incoming::Disconnect {
@@ -862,6 +928,9 @@ impl<'g> Session<'g> {
         if message.qos == QoS::AtLeastOnce {
             message.pkid = self.packet_id();
             self.inflight.insert(message.pkid, message.clone());
+            if self.inflight.len() >= self.inflight_max {
+                self.last_progress = Instant::now();
+            }
         } else {
             message.pkid = 0;
         }

@@ -33,6 +33,7 @@ struct Options {
     mqtt5: usize,
     /// Messages for the stalled-subscriber figure (0 leaves it out).
     stalled_messages: Option<usize>,
+    authorizer_workers: Option<usize>,
 }
 
 fn options() -> Options {
@@ -49,6 +50,7 @@ fn options() -> Options {
         messages: 20_000,
         mqtt5: 1,
         stalled_messages: None,
+        authorizer_workers: None,
     };
     while let (Some(flag), Some(value)) = (args.next(), args.next()) {
         let value: usize = value.parse().expect("a number");
@@ -59,6 +61,7 @@ fn options() -> Options {
             "--messages" => o.messages = value,
             "--mqtt5" => o.mqtt5 = value,
             "--stalled-messages" => o.stalled_messages = Some(value),
+            "--authorizer-workers" => o.authorizer_workers = Some(value),
             _ => panic!("unknown flag {flag}"),
         }
     }
@@ -106,7 +109,8 @@ impl Drop for Gateway {
     }
 }
 
-fn start_gateway(binary: &Path, dir: &Path) -> Gateway {
+fn start_gateway(binary: &Path, dir: &Path, workers: Option<usize>) -> Gateway {
+    let workers = workers.map(|n| ["--authorizer-workers".to_string(), n.to_string()]);
     let mut child = Command::new(binary)
         .arg("--config")
         .arg(dir.join("bench.toml"))
@@ -119,6 +123,7 @@ fn start_gateway(binary: &Path, dir: &Path) -> Gateway {
             "--cert-dir",
         ])
         .arg(dir.join("certs"))
+        .args(workers.iter().flatten())
         .env("TMPDIR", dir)
         .stdout(Stdio::piped())
         // The CloudWatch-style log is written as usual (its cost counts) and thrown away.
@@ -301,7 +306,7 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("local-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     write_config(&dir.join("bench.toml"), o.devices);
-    let gateway = start_gateway(&o.binary, &dir);
+    let gateway = start_gateway(&o.binary, &dir, o.authorizer_workers);
     let tls = tls(&gateway.ca_file);
 
     for device in 0..20 {
