@@ -6,6 +6,13 @@ policy_eval.py for the rules, iam_actions.py for what each call needs) before mo
 refused call gets the service's own AccessDenied answer. Calls signed with any other key are the
 test's administrator and are not evaluated.
 
+A function's calls are evaluated too: the temporary credentials the stand-in hands a function
+(its execution role's, from moto's STS AssumeRole, authorizer_invoke.py) are registered here as
+that role's session, and each call signed with them is evaluated against the role's inline and
+attached policies as they are at the time of the call, as IAM evaluates a Lambda function's
+calls against its execution role. So an authorizer reading a table its role may not read gets
+DynamoDB's AccessDeniedException, as on AWS.
+
 Why not moto's own access control (`INITIAL_NO_AUTH_ACTION_COUNT`): it evaluates every caller (the
 administrator too), only services whose responses call its check (not our IoT authorizer API), with
 resource `*` for most operations and few condition keys.
@@ -59,8 +66,21 @@ class Identity:
         return f"arn:{partition}:iam::{self.account}:user/{self.name}"
 
 
+@dataclass(frozen=True)
+class RoleSession:
+    """A function's execution role, assumed by Lambda with the function's name as the session."""
+
+    role: str
+    session: str
+    account: str
+
+    def arn(self, partition: str) -> str:
+        return f"arn:{partition}:sts::{self.account}:assumed-role/{self.role}/{self.session}"
+
+
 _lock = threading.Lock()
 _identities: dict[str, Identity] = {}
+_sessions: dict[str, RoleSession] = {}
 # Werkzeug serves each request on its own thread: who is calling, for GetFunction's tag rule.
 _caller = threading.local()
 
@@ -72,6 +92,13 @@ def install() -> None:
 def reset() -> None:
     with _lock:
         _identities.clear()
+        _sessions.clear()
+
+
+def register_role_session(access_key_id: str, role_arn: str, session: str, account: str) -> None:
+    """Calls signed with `access_key_id` are `role_arn`'s, evaluated against its policies."""
+    with _lock:
+        _sessions[access_key_id] = RoleSession(role_arn.rsplit("/", 1)[-1], session, account)
 
 
 # --- identities -------------------------------------------------------------------------
@@ -119,7 +146,7 @@ def authorize(service: str, operation: str, environ: dict, body: bytes) -> tuple
     key_id, region = wire.credential_of(environ) or ("", "us-east-1")
     partition = partition_of(region)
     with _lock:
-        identity = _identities.get(key_id)
+        identity = _identities.get(key_id) or _sessions.get(key_id)
     _caller.identity, _caller.partition = identity, partition
     hides_tags = STATE.get("get_function_hides_tags") and (service, operation) == ("lambda", "ListTags")
     if identity is None and not hides_tags:
@@ -148,7 +175,19 @@ def authorize(service: str, operation: str, environ: dict, body: bytes) -> tuple
     return None
 
 
-def _with_principal(need: Need, identity: Identity, partition: str, region: str) -> Need:
+def _with_principal(need: Need, identity, partition: str, region: str) -> Need:
+    if isinstance(identity, RoleSession):
+        role = _role(identity, partition)
+        context = {
+            **need.context,
+            "aws:principalarn": [f"arn:{partition}:iam::{identity.account}:role/{identity.role}"],
+            "aws:principalaccount": [identity.account],
+            "aws:principaltype": ["AssumedRole"],
+            "aws:requestedregion": [region],
+        }
+        if role is not None:
+            context["aws:userid"] = [f"{role.id}:{identity.session}"]
+        return Need(need.action, need.resource, context)
     user = iam_backends[identity.account][partition].users.get(identity.name)
     context = {
         **need.context,
@@ -163,8 +202,22 @@ def _with_principal(need: Need, identity: Identity, partition: str, region: str)
     return Need(need.action, need.resource, context)
 
 
-def _policies(identity: Identity, partition: str) -> list:
-    """The user's inline and attached policies, and its groups', as IAM stores them now."""
+def _role(session: RoleSession, partition: str):
+    roles = iam_backends[session.account][partition].roles.values()
+    return next((r for r in roles if r.name == session.role), None)
+
+
+def _policies(identity, partition: str) -> list:
+    """The identity's inline and attached policies (a user's groups' too), as IAM stores them
+    now. A role session whose role is gone has none: every call is refused."""
+    if isinstance(identity, RoleSession):
+        role = _role(identity, partition)
+        if role is None:
+            return []
+        documents = list(role.policies.values())
+        for managed in role.managed_policies.values():
+            documents.extend(v.document for v in managed.versions if v.version_id == managed.default_version_id)
+        return documents
     backend = iam_backends[identity.account][partition]
     user = backend.users.get(identity.name)
     if user is None:

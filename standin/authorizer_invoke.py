@@ -260,9 +260,13 @@ def _role_credentials(fn) -> dict:
 
     from partitions import partition_of
 
+    import access
+
     assumed = sts_backends[fn.account_id][partition_of(fn.region)].assume_role(
         fn.region, fn.function_name, fn.role, None, 3600, None
     )
+    # The function's calls are the role's: evaluated against its policies (access.py).
+    access.register_role_session(assumed.access_key_id, fn.role, fn.function_name, fn.account_id)
     return {
         "AWS_ACCESS_KEY_ID": assumed.access_key_id,
         "AWS_SECRET_ACCESS_KEY": assumed.secret_access_key,

@@ -116,8 +116,9 @@ impl Aws {
     }
 }
 
-/// Role, function holding `package(table)`, authorizer `name` allowed to invoke it.
-async fn deploy(standin: &StandIn, name: &str, table: &str) {
+/// Role (allowed `dynamodb:GetItem` on `table` when `grant`), function holding
+/// `package(table)`, authorizer `name` allowed to invoke it.
+async fn deploy(standin: &StandIn, name: &str, table: &str, grant: bool) {
     let config = standin.sdk_config().await;
     let iam = aws_sdk_iam::Client::new(&config);
     let lambda = aws_sdk_lambda::Client::new(&config);
@@ -129,6 +130,19 @@ async fn deploy(standin: &StandIn, name: &str, table: &str) {
         .send()
         .await
         .expect("CreateRole");
+    if grant {
+        let read = json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "dynamodb:GetItem",
+            "Resource": format!("arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{table}"),
+        }]});
+        iam.put_role_policy()
+            .role_name(format!("{name}-role"))
+            .policy_name("read-devices-table")
+            .policy_document(read.to_string())
+            .send()
+            .await
+            .expect("PutRolePolicy");
+    }
     let function = lambda
         .create_function()
         .function_name(name)
@@ -199,7 +213,7 @@ async fn test_invoke_authorizer_reads_devices_from_the_table() {
         .send()
         .await
         .expect("CreateTable");
-    deploy(&standin, "fleet", TABLE).await;
+    deploy(&standin, "fleet", TABLE, true).await;
 
     // A device added to the table logs in, with its policy from the item; no redeploy.
     assert_eq!(aws.login("fleet", "sensor1", PASSWORD).await, None);
@@ -264,15 +278,30 @@ async fn test_invoke_authorizer_reads_devices_from_the_table() {
 
     // A function whose table does not exist denies (it does not crash: TestInvokeAuthorizer
     // would fail with the function's error).
-    deploy(&standin, "orphan", "missing-devices").await;
+    deploy(&standin, "orphan", "missing-devices", true).await;
     assert_eq!(aws.login("orphan", "sensor1", PASSWORD).await, None);
 
+    // The function's reads are its role's: a role not allowed to read the table gets
+    // AccessDeniedException and its devices are refused, though the item is there.
+    aws.put_device("sensor2", &[]).await;
+    deploy(&standin, "ungranted", TABLE, false).await;
+    assert_eq!(aws.login("ungranted", "sensor2", PASSWORD).await, None);
+    assert!(aws.login("fleet", "sensor2", PASSWORD).await.is_some());
+
     // The function read the table itself: one GetItem per login (each TestInvokeAuthorizer
-    // runs a fresh container here, so nothing came from its cache), 10 logins above.
-    let reads = standin
+    // runs a fresh container here, so nothing came from its cache), 13 logins above, of which
+    // the role without a grant was refused by IAM.
+    let reads: Vec<u16> = standin
         .calls()
         .into_iter()
         .filter(|c| c.service == "dynamodb" && c.operation == "GetItem")
-        .count();
-    assert_eq!(reads, 10);
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(reads.len(), 12, "{reads:?}");
+    assert_eq!(
+        reads.iter().filter(|s| **s == 400).count(),
+        2,
+        "the missing table's ResourceNotFoundException and the ungranted role's \
+         AccessDeniedException: {reads:?}"
+    );
 }
