@@ -566,6 +566,57 @@ fn mosquitto_clients_over_both_versions() {
     }
 }
 
+/// A subscriber that reads at full speed gets a burst whole and in order: nothing is dropped
+/// for it while its queue (8 MiB) has room, whatever the publisher's pace.
+#[test]
+fn a_burst_reaches_a_subscriber_that_keeps_reading_whole() {
+    const BURST: usize = 20_000;
+    let gw = Gateway::start();
+    for version in ["mqttv311", "mqttv5"] {
+        let subscriber = gw
+            .mosquitto("mosquitto_sub", version, "reader1", &gw.reader_password)
+            .args(["-t", "telemetry/#", "-q", "0", "-C", &BURST.to_string()])
+            .args(["-W", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // mosquitto_pub -l: one QoS 0 message per line of stdin, as fast as it can send.
+        let mut publisher = gw
+            .mosquitto("mosquitto_pub", version, "sensor1", &gw.sensor_password)
+            .args(["-t", "telemetry/sensor1", "-q", "0", "-l"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines: String = (0..BURST).map(|i| format!("{i}\n")).collect();
+        std::io::Write::write_all(&mut publisher.stdin.take().unwrap(), lines.as_bytes()).unwrap();
+        let published = publisher.wait_with_output().unwrap();
+        assert!(
+            published.status.success(),
+            "{version}: {}",
+            String::from_utf8_lossy(&published.stderr)
+        );
+        let received = subscriber.wait_with_output().unwrap();
+        let got: Vec<usize> = String::from_utf8_lossy(&received.stdout)
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(
+            got.len(),
+            BURST,
+            "{version}: {}",
+            String::from_utf8_lossy(&received.stderr)
+        );
+        assert!(
+            got.iter().enumerate().all(|(i, n)| i == *n),
+            "{version}: out of order"
+        );
+    }
+    assert!(!gw.log().contains("dropped"), "{}", gw.log());
+}
+
 #[test]
 fn mqttjs_over_both_versions() {
     let gw = Gateway::start();

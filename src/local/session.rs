@@ -645,18 +645,21 @@ impl<'g> Session<'g> {
         reader: &mut Reader,
         decoder: &mut Decoder,
     ) -> Step {
-        let mut packet = Some(first);
-        for _ in 0..BATCH {
-            let step = match packet.take() {
-                Some(Ok(packet)) => self.handle(packet),
-                Some(Err(ReadError::Closed(why))) => Step::Close { reason: None, why },
-                Some(Err(ReadError::Refused(r))) => close(r.reason, r.why),
-                None => return Step::Continue,
+        let mut packet = first;
+        for turn in 1..=BATCH {
+            let step = match packet {
+                Ok(packet) => self.handle(packet),
+                Err(ReadError::Closed(why)) => Step::Close { reason: None, why },
+                Err(ReadError::Refused(r)) => close(r.reason, r.why),
             };
-            if !matches!(step, Step::Continue) {
+            if !matches!(step, Step::Continue) || turn == BATCH {
                 return step;
             }
-            packet = reader.buffered(decoder);
+            // Decoded only when it is handled in this turn; the rest stays in the buffer.
+            match reader.buffered(decoder) {
+                Some(next) => packet = next,
+                None => return Step::Continue,
+            }
         }
         Step::Continue
     }
@@ -664,19 +667,22 @@ impl<'g> Session<'g> {
     /// Delivers a message taken from the queue and then those waiting behind it, up to `BATCH`,
     /// while the window and the writer's queue have room.
     fn deliver_waiting(&mut self, first: Message, outbox: &mpsc::Sender<Bytes>) -> Step {
-        let mut message = Some(first);
-        for _ in 0..BATCH {
-            let Some(next) = message.take() else { break };
-            let step = self.deliver(next);
+        let mut message = first;
+        for _ in 1..BATCH {
+            let step = self.deliver(message);
             if !matches!(step, Step::Continue) {
                 return step;
             }
             if self.inflight.len() >= self.inflight_max || outbox.capacity() <= CONTROL_ROOM {
-                break;
+                return Step::Continue;
             }
-            message = self.deliveries.try_recv();
+            // Taken only when it is delivered in this turn: a message taken is never dropped.
+            match self.deliveries.try_recv() {
+                Some(next) => message = next,
+                None => return Step::Continue,
+            }
         }
-        Step::Continue
+        self.deliver(message)
     }
 
     fn handle(&mut self, packet: Incoming) -> Step {
