@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, value};
 
 use super::{Incoming, Page, Tick, Written};
-use crate::config::{Config, Device};
+use crate::config::{Config, CredentialStore, Device};
 use crate::error::Failure;
 
 pub struct PackageStore {
@@ -154,6 +154,28 @@ impl PackageStore {
         tick(total + written.unchanged);
         Ok(written)
     }
+}
+
+/// Rewrites the config file at `path` in one atomic write ([`crate::config::write`]) to use
+/// `store` and hold exactly `devices` as `[[devices]]` (none: the key is removed), keeping
+/// every other setting and comment. `device migrate`'s last step.
+pub fn switch_store(path: &Path, store: CredentialStore, devices: &[Device]) -> Result<()> {
+    let mut doc = read_document(path)?;
+    let name = match store {
+        CredentialStore::Package => "package",
+        CredentialStore::Dynamodb => "dynamodb",
+    };
+    doc["deployment"]["credential_store"] = value(name);
+    if devices.is_empty() {
+        doc.remove("devices");
+    } else {
+        let mut tables = ArrayOfTables::new();
+        for device in devices {
+            tables.push(device_table(device));
+        }
+        doc["devices"] = Item::ArrayOfTables(tables);
+    }
+    write_document(path, &doc)
 }
 
 fn refuse_invalid(config: &Config) -> Result<()> {

@@ -1,0 +1,316 @@
+//! `device migrate` both ways, the built binary against the stand-in (real-AWS delays, moto's
+//! DynamoDB), with a device logging in through TestInvokeAuthorizer every 50 ms throughout: no
+//! login is refused, the devices arrive with their verifiers, rotations and disabled flags, and
+//! the deployment is what `setup` would make of the new config. A failure between steps is
+//! completed by running the command again; what cannot be migrated is refused before any change.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_sdk_iot::primitives::Blob;
+use aws_sdk_iot::types::MqttContext;
+use common::cli::{Cli, Run};
+use common::standin::StandIn;
+use serde_json::{Value, json};
+
+const NAME: &str = "iot-custom-auth";
+const TABLE: &str = "iot-custom-auth-devices";
+
+/// TestInvokeAuthorizer as IoT calls the function when a device connects: authenticated?
+async fn logs_in(iot: &aws_sdk_iot::Client, user: &str, password: &str) -> bool {
+    let out = iot
+        .test_invoke_authorizer()
+        .authorizer_name(NAME)
+        .mqtt_context(
+            MqttContext::builder()
+                .username(user)
+                .password(Blob::new(password.as_bytes()))
+                .client_id(user)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("TestInvokeAuthorizer");
+    out.is_authenticated() == Some(true)
+}
+
+/// A device logging in every 50 ms until stopped; every result, in order.
+struct Pinger {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<bool>>,
+}
+
+impl Pinger {
+    async fn start(standin: &StandIn, user: &str, password: &str) -> Pinger {
+        let iot = aws_sdk_iot::Client::new(&standin.sdk_config().await);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (user, password) = (user.to_string(), password.to_string());
+        let flag = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                results.push(logs_in(&iot, &user, &password).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            results
+        });
+        Pinger { stop, task }
+    }
+
+    async fn results(self) -> Vec<bool> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the login loop")
+    }
+}
+
+/// Runs the CLI without blocking the login loop's thread.
+fn run(cli: &Cli, args: &[&str]) -> Run {
+    tokio::task::block_in_place(|| cli.run(args))
+}
+
+fn config(cli: &Cli) -> String {
+    std::fs::read_to_string(cli.config_path()).unwrap()
+}
+
+/// Every device as `device export --with-verifiers` prints it (either store), by username.
+fn exported(cli: &Cli) -> Vec<Value> {
+    let out = run(cli, &["device", "export", "--with-verifiers"]).expect(0);
+    let mut rows: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows.sort_by(|a, b| a["username"].as_str().cmp(&b["username"].as_str()));
+    rows
+}
+
+/// Every resource of a `setup --output json` run left as it was.
+fn setup_changes_nothing(cli: &Cli) {
+    let out = run(cli, &["setup", "--output", "json"]).expect(0).json();
+    for r in out["resources"].as_array().unwrap() {
+        assert_eq!(r["action"], "unchanged", "a setup after migrating: {out:#}");
+    }
+}
+
+/// A fleet of three: `s1` logs in throughout, `s2` was rotated (its old password still works for
+/// a day), `s3` is disabled. Returns (s1's password, s2's old password, s2's new password).
+fn fleet(cli: &Cli) -> (String, String, String) {
+    let p1 = cli.add_device("s1", &[]);
+    let old2 = cli.add_device("s2", &["--subscribe", "commands/s2"]);
+    let new2 = "Rotated-s2-Hq7Wm2Kx9Pd4Tz6N".to_string();
+    cli.run_stdin(
+        &[
+            "device",
+            "rotate",
+            "s2",
+            "--password-stdin",
+            "--overlap",
+            "24h",
+        ],
+        &new2,
+    )
+    .expect(0);
+    cli.add_device("s3", &[]);
+    cli.run(&["device", "disable", "s3"]).expect(0);
+    (p1, old2, new2)
+}
+
+async fn assert_fleet_logs_in(standin: &StandIn, (p1, old2, new2): &(String, String, String)) {
+    let iot = aws_sdk_iot::Client::new(&standin.sdk_config().await);
+    assert!(logs_in(&iot, "s1", p1).await);
+    assert!(logs_in(&iot, "s2", old2).await, "the rotation's overlap");
+    assert!(logs_in(&iot, "s2", new2).await);
+    assert!(
+        !logs_in(&iot, "s3", "Pw-s3-Zq8x3Lr5Tb7Nc2Vm9Kd4").await,
+        "s3 stays disabled"
+    );
+}
+
+fn assert_no_refusal(results: &[bool]) {
+    eprintln!("logins: {}", results.len());
+    let refused = results.iter().filter(|ok| !**ok).count();
+    assert!(
+        results.len() >= 5,
+        "the device kept logging in: {results:?}"
+    );
+    assert_eq!(refused, 0, "refused logins among {results:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_dynamodb_with_a_device_logging_in_throughout() {
+    let standin = StandIn::start();
+    let cli = Cli::new(&standin);
+    let passwords = fleet(&cli);
+    run(&cli, &["setup"]).expect(0);
+    let before = exported(&cli);
+    let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
+
+    let out = run(
+        &cli,
+        &["device", "migrate", "--to", "dynamodb", "--output", "json"],
+    )
+    .expect(0);
+    let results = pinger.results().await;
+    assert_no_refusal(&results);
+
+    let report = out.json();
+    assert_eq!(report["devices"], 3);
+    assert_eq!(
+        (report["from"].as_str(), report["to"].as_str()),
+        (Some("package"), Some("dynamodb"))
+    );
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["role", "table", "devices", "function", "config"]);
+    // Devices are written before the function reads the table.
+    let calls = standin.calls();
+    let last_write = calls
+        .iter()
+        .rposition(|c| c.operation.contains("BatchWriteItem"))
+        .expect("devices written");
+    let deploy = calls
+        .iter()
+        .position(|c| c.operation.contains("UpdateFunctionCode"))
+        .expect("function deployed");
+    assert!(last_write < deploy, "{calls:#?}");
+
+    let text = config(&cli);
+    assert!(text.contains("credential_store = \"dynamodb\""), "{text}");
+    assert!(!text.contains("[[devices]]"), "{text}");
+    assert_eq!(exported(&cli), before, "the table holds the same devices");
+    assert_fleet_logs_in(&standin, &passwords).await;
+    run(&cli, &["status"]).expect(0);
+    setup_changes_nothing(&cli);
+
+    // Done: a second run is refused and changes nothing.
+    standin.clear_calls();
+    let again = run(&cli, &["device", "migrate", "--to", "dynamodb"]).expect(2);
+    assert!(
+        again.stderr.contains("already uses the dynamodb store"),
+        "{}",
+        again.stderr
+    );
+    assert!(standin.calls().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_package_with_a_device_logging_in_throughout_keeps_the_table() {
+    let standin = StandIn::start();
+    let cli = Cli::new(&standin);
+    std::fs::write(
+        cli.config_path(),
+        "# my fleet\n[deployment]\ncredential_store = \"dynamodb\"\ncache_seconds = 30\n",
+    )
+    .unwrap();
+    run(&cli, &["setup"]).expect(0);
+    let passwords = fleet(&cli);
+    let before = exported(&cli);
+    let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
+
+    let out = run(&cli, &["device", "migrate", "--to", "package"]).expect(0);
+    let results = pinger.results().await;
+    assert_no_refusal(&results);
+
+    assert!(
+        out.stdout
+            .contains(&format!("The table {TABLE} is kept with its 3 devices"))
+            && out
+                .stdout
+                .contains(&format!("aws dynamodb delete-table --table-name {TABLE}")),
+        "{}",
+        out.stdout
+    );
+    let text = config(&cli);
+    assert!(text.starts_with("# my fleet\n"), "comments survive: {text}");
+    assert!(text.contains("credential_store = \"package\""), "{text}");
+    assert_eq!(text.matches("[[devices]]").count(), 3, "{text}");
+    assert_eq!(exported(&cli), before, "the config holds the same devices");
+    assert_fleet_logs_in(&standin, &passwords).await;
+    run(&cli, &["status"]).expect(0);
+    setup_changes_nothing(&cli);
+
+    // The table is still there, with its devices, and the role no longer reads it.
+    let dynamodb = aws_sdk_dynamodb::Client::new(&standin.sdk_config().await);
+    let items = dynamodb.scan().table_name(TABLE).send().await.unwrap();
+    assert_eq!(items.count(), 3);
+    let iam = aws_sdk_iam::Client::new(&standin.sdk_config().await);
+    let inline = iam
+        .list_role_policies()
+        .role_name("iot-custom-auth-authorizer-role")
+        .send()
+        .await
+        .unwrap();
+    assert!(inline.policy_names().is_empty(), "{inline:?}");
+
+    // Moving back in is allowed while the table holds exactly the config's devices; once the
+    // config drops one, the kept table would let it in again, so that is refused.
+    cli.run(&["device", "remove", "s3"]).expect(0);
+    standin.clear_calls();
+    let refused = run(&cli, &["device", "migrate", "--to", "dynamodb"]).expect(2);
+    assert!(
+        refused.stderr.contains("holds 1 devices") && refused.stderr.contains("`s3`"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        standin.calls().iter().all(|c| !c.mutating),
+        "nothing changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_stopped_by_a_failed_deploy_is_completed_by_running_it_again() {
+    let standin = StandIn::start();
+    let cli = Cli::new(&standin);
+    let passwords = fleet(&cli);
+    run(&cli, &["setup"]).expect(0);
+    let before = config(&cli);
+    standin.set_behaviour(json!({
+        "fail": {"lambda:UpdateFunctionCode": {
+            "code": "ServiceException", "status": 400, "message": "injected", "count": 1}},
+    }));
+    let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
+
+    let failed = run(&cli, &["device", "migrate", "--to", "dynamodb"]).expect(1);
+    assert!(failed.stderr.contains("injected"), "{}", failed.stderr);
+    assert_eq!(config(&cli), before, "the config is left as it was");
+
+    run(&cli, &["device", "migrate", "--to", "dynamodb"]).expect(0);
+    let results = pinger.results().await;
+    assert_no_refusal(&results);
+    assert!(config(&cli).contains("credential_store = \"dynamodb\""));
+    assert_fleet_logs_in(&standin, &passwords).await;
+    run(&cli, &["status"]).expect(0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_refuses_without_a_deployment_or_when_already_there() {
+    let standin = StandIn::start();
+    let cli = Cli::new(&standin);
+    cli.add_device("s1", &[]);
+    let before = config(&cli);
+
+    let same = run(&cli, &["device", "migrate", "--to", "package"]).expect(2);
+    assert!(
+        same.stderr.contains("already uses the package store"),
+        "{}",
+        same.stderr
+    );
+    let none = run(&cli, &["device", "migrate", "--to", "dynamodb"]).expect(2);
+    assert!(
+        none.stderr.contains("has no function")
+            && none.stderr.contains("run `iot-custom-auth setup` first"),
+        "{}",
+        none.stderr
+    );
+    assert_eq!(config(&cli), before);
+    let calls = standin.calls();
+    assert!(calls.iter().all(|c| !c.mutating), "{calls:#?}");
+}
