@@ -6,9 +6,10 @@
 
 mod common;
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_iot::primitives::Blob;
 use aws_sdk_iot::types::MqttContext;
@@ -37,10 +38,19 @@ async fn logs_in(iot: &aws_sdk_iot::Client, user: &str, password: &str) -> bool 
     out.is_authenticated() == Some(true)
 }
 
+/// One TestInvokeAuthorizer call of the login loop: when it was sent and answered, and whether
+/// the device was let in.
+#[derive(Debug)]
+struct Login {
+    sent: Instant,
+    answered: Instant,
+    ok: bool,
+}
+
 /// A device logging in every 50 ms until stopped; every result, in order.
 struct Pinger {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<bool>>,
+    task: tokio::task::JoinHandle<Vec<Login>>,
 }
 
 impl Pinger {
@@ -52,7 +62,13 @@ impl Pinger {
         let task = tokio::spawn(async move {
             let mut results = Vec::new();
             while !flag.load(Ordering::SeqCst) {
-                results.push(logs_in(&iot, &user, &password).await);
+                let sent = Instant::now();
+                let ok = logs_in(&iot, &user, &password).await;
+                results.push(Login {
+                    sent,
+                    answered: Instant::now(),
+                    ok,
+                });
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             results
@@ -60,7 +76,7 @@ impl Pinger {
         Pinger { stop, task }
     }
 
-    async fn results(self) -> Vec<bool> {
+    async fn results(self) -> Vec<Login> {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("the login loop")
     }
@@ -69,6 +85,13 @@ impl Pinger {
 /// Runs the CLI without blocking the login loop's thread.
 fn run(cli: &Cli, args: &[&str]) -> Run {
     tokio::task::block_in_place(|| cli.run(args))
+}
+
+/// [`run`], and when it ran.
+fn run_during(cli: &Cli, args: &[&str]) -> (Run, Range<Instant>) {
+    let start = Instant::now();
+    let out = run(cli, args);
+    (out, start..Instant::now())
 }
 
 fn config(cli: &Cli) -> String {
@@ -129,14 +152,24 @@ async fn assert_fleet_logs_in(standin: &StandIn, (p1, old2, new2): &(String, Str
     );
 }
 
-fn assert_no_refusal(results: &[bool]) {
-    eprintln!("logins: {}", results.len());
-    let refused = results.iter().filter(|ok| !**ok).count();
+/// No login was refused, and the device logged in while each of `runs` ran (the loop went on
+/// throughout, not just around them).
+fn assert_no_refusal(logins: &[Login], runs: &[Range<Instant>]) {
+    let refused: Vec<&Login> = logins.iter().filter(|l| !l.ok).collect();
     assert!(
-        results.len() >= 5,
-        "the device kept logging in: {results:?}"
+        refused.is_empty(),
+        "{} of {} logins refused: {refused:?}",
+        refused.len(),
+        logins.len()
     );
-    assert_eq!(refused, 0, "refused logins among {results:?}");
+    for run in runs {
+        assert!(
+            logins
+                .iter()
+                .any(|l| l.sent >= run.start && l.answered <= run.end),
+            "no login while the migration ran: {logins:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,13 +181,13 @@ async fn to_dynamodb_with_a_device_logging_in_throughout() {
     let before = exported(&cli);
     let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
 
-    let out = run(
+    let (out, during) = run_during(
         &cli,
         &["device", "migrate", "--to", "dynamodb", "--output", "json"],
-    )
-    .expect(0);
+    );
+    let out = out.expect(0);
     let results = pinger.results().await;
-    assert_no_refusal(&results);
+    assert_no_refusal(&results, &[during]);
 
     let report = out.json();
     assert_eq!(report["devices"], 3);
@@ -214,9 +247,10 @@ async fn to_package_with_a_device_logging_in_throughout_keeps_the_table() {
     let before = exported(&cli);
     let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
 
-    let out = run(&cli, &["device", "migrate", "--to", "package"]).expect(0);
+    let (out, during) = run_during(&cli, &["device", "migrate", "--to", "package"]);
+    let out = out.expect(0);
     let results = pinger.results().await;
-    assert_no_refusal(&results);
+    assert_no_refusal(&results, &[during]);
 
     assert!(
         out.stdout
@@ -266,7 +300,7 @@ async fn to_package_with_a_device_logging_in_throughout_keeps_the_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_migration_stopped_by_a_failed_deploy_is_completed_by_running_it_again() {
+async fn a_migration_stopped_by_a_failure_is_completed_by_running_it_again() {
     let standin = StandIn::start();
     let cli = Cli::new(&standin);
     let passwords = fleet(&cli);
@@ -278,16 +312,35 @@ async fn a_migration_stopped_by_a_failed_deploy_is_completed_by_running_it_again
     }));
     let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
 
-    let failed = run(&cli, &["device", "migrate", "--to", "dynamodb"]).expect(1);
+    let (failed, first) = run_during(&cli, &["device", "migrate", "--to", "dynamodb"]);
+    let failed = failed.expect(1);
     assert!(failed.stderr.contains("injected"), "{}", failed.stderr);
     assert_eq!(config(&cli), before, "the config is left as it was");
 
-    run(&cli, &["device", "migrate", "--to", "dynamodb"]).expect(0);
-    let results = pinger.results().await;
-    assert_no_refusal(&results);
+    let (done, second) = run_during(&cli, &["device", "migrate", "--to", "dynamodb"]);
+    done.expect(0);
     assert!(config(&cli).contains("credential_store = \"dynamodb\""));
     assert_fleet_logs_in(&standin, &passwords).await;
     run(&cli, &["status"]).expect(0);
+
+    // Back, stopped after the package is deployed, when the role's table grant is removed.
+    standin.set_behaviour(json!({
+        "fail": {"iam:DeleteRolePolicy": {
+            "code": "ServiceFailure", "status": 400, "message": "injected", "count": 1}},
+    }));
+    let during = config(&cli);
+    let (failed, third) = run_during(&cli, &["device", "migrate", "--to", "package"]);
+    let failed = failed.expect(1);
+    assert!(failed.stderr.contains("injected"), "{}", failed.stderr);
+    assert_eq!(config(&cli), during, "the config is left as it was");
+    let (done, fourth) = run_during(&cli, &["device", "migrate", "--to", "package"]);
+    done.expect(0);
+    let results = pinger.results().await;
+    assert_no_refusal(&results, &[first, second, third, fourth]);
+    assert!(config(&cli).contains("credential_store = \"package\""));
+    assert_fleet_logs_in(&standin, &passwords).await;
+    run(&cli, &["status"]).expect(0);
+    setup_changes_nothing(&cli);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

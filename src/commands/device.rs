@@ -295,8 +295,9 @@ pub fn warn_if_large(app: &App, devices: usize) {
     if devices > store::PACKAGE_STORE_RECOMMENDED_MAX {
         app.progress(format!(
             "warning: {devices} devices in {}; past {} the package store slows the authorizer's \
-             cold start and every change redeploys it. Move them to DynamoDB with \
-             `credential_store = \"dynamodb\"` (README, \"Device store\").",
+             cold start and every change redeploys it. Move them to DynamoDB, \
+             without downtime, with `iot-custom-auth device migrate --to dynamodb` (README, \
+             \"Device store\").",
             app.global.config.display(),
             store::PACKAGE_STORE_RECOMMENDED_MAX
         ));
