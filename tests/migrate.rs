@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_iot::primitives::Blob;
 use aws_sdk_iot::types::MqttContext;
 use common::cli::{Cli, Run};
-use common::standin::StandIn;
+use common::standin::{ACCOUNT_ID, REGION, StandIn};
 use serde_json::{Value, json};
 
 const NAME: &str = "iot-custom-auth";
@@ -87,10 +87,48 @@ fn run(cli: &Cli, args: &[&str]) -> Run {
     tokio::task::block_in_place(|| cli.run(args))
 }
 
+/// The environment of an identity holding what README says `device migrate` needs: the policy
+/// `iam-policy --for setup` prints for the DynamoDB store, plus the device commands' batch reads
+/// and writes and a Scan that reads items, on the table only.
+fn migrate_identity(standin: &StandIn, cli: &Cli) -> Vec<(String, String)> {
+    let dynamodb_config = cli.path().join("dynamodb.toml");
+    std::fs::write(
+        &dynamodb_config,
+        "[deployment]\ncredential_store = \"dynamodb\"\n",
+    )
+    .unwrap();
+    let mut policy = run(
+        cli,
+        &[
+            "iam-policy",
+            "--for",
+            "setup",
+            "--output",
+            "json",
+            "--config",
+            dynamodb_config.to_str().unwrap(),
+        ],
+    )
+    .expect(0)
+    .json();
+    policy["Statement"].as_array_mut().unwrap().push(json!({
+        "Effect": "Allow",
+        "Action": ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:Scan"],
+        "Resource": format!("arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{TABLE}"),
+    }));
+    standin.env_as(&standin.identity("ci-migrate", &policy))
+}
+
+/// [`run`] as the identity of `env`.
+fn run_as(cli: &Cli, env: &[(String, String)], args: &[&str]) -> Run {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    tokio::task::block_in_place(|| cli.run_with(args, None, &env))
+}
+
 /// [`run`], and when it ran.
-fn run_during(cli: &Cli, args: &[&str]) -> (Run, Range<Instant>) {
+fn run_during(cli: &Cli, env: &[(String, String)], args: &[&str]) -> (Run, Range<Instant>) {
     let start = Instant::now();
-    let out = run(cli, args);
+    let out = run_as(cli, env, args);
     (out, start..Instant::now())
 }
 
@@ -179,10 +217,12 @@ async fn to_dynamodb_with_a_device_logging_in_throughout() {
     let passwords = fleet(&cli);
     run(&cli, &["setup"]).expect(0);
     let before = exported(&cli);
+    let env = migrate_identity(&standin, &cli);
     let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
 
     let (out, during) = run_during(
         &cli,
+        &env,
         &["device", "migrate", "--to", "dynamodb", "--output", "json"],
     );
     let out = out.expect(0);
@@ -245,9 +285,10 @@ async fn to_package_with_a_device_logging_in_throughout_keeps_the_table() {
     run(&cli, &["setup"]).expect(0);
     let passwords = fleet(&cli);
     let before = exported(&cli);
+    let env = migrate_identity(&standin, &cli);
     let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
 
-    let (out, during) = run_during(&cli, &["device", "migrate", "--to", "package"]);
+    let (out, during) = run_during(&cli, &env, &["device", "migrate", "--to", "package"]);
     let out = out.expect(0);
     let results = pinger.results().await;
     assert_no_refusal(&results, &[during]);
@@ -310,14 +351,15 @@ async fn a_migration_stopped_by_a_failure_is_completed_by_running_it_again() {
         "fail": {"lambda:UpdateFunctionCode": {
             "code": "ServiceException", "status": 400, "message": "injected", "count": 1}},
     }));
+    let env = migrate_identity(&standin, &cli);
     let pinger = Pinger::start(&standin, "s1", &passwords.0).await;
 
-    let (failed, first) = run_during(&cli, &["device", "migrate", "--to", "dynamodb"]);
+    let (failed, first) = run_during(&cli, &env, &["device", "migrate", "--to", "dynamodb"]);
     let failed = failed.expect(1);
     assert!(failed.stderr.contains("injected"), "{}", failed.stderr);
     assert_eq!(config(&cli), before, "the config is left as it was");
 
-    let (done, second) = run_during(&cli, &["device", "migrate", "--to", "dynamodb"]);
+    let (done, second) = run_during(&cli, &env, &["device", "migrate", "--to", "dynamodb"]);
     done.expect(0);
     assert!(config(&cli).contains("credential_store = \"dynamodb\""));
     assert_fleet_logs_in(&standin, &passwords).await;
@@ -329,11 +371,11 @@ async fn a_migration_stopped_by_a_failure_is_completed_by_running_it_again() {
             "code": "ServiceFailure", "status": 400, "message": "injected", "count": 1}},
     }));
     let during = config(&cli);
-    let (failed, third) = run_during(&cli, &["device", "migrate", "--to", "package"]);
+    let (failed, third) = run_during(&cli, &env, &["device", "migrate", "--to", "package"]);
     let failed = failed.expect(1);
     assert!(failed.stderr.contains("injected"), "{}", failed.stderr);
     assert_eq!(config(&cli), during, "the config is left as it was");
-    let (done, fourth) = run_during(&cli, &["device", "migrate", "--to", "package"]);
+    let (done, fourth) = run_during(&cli, &env, &["device", "migrate", "--to", "package"]);
     done.expect(0);
     let results = pinger.results().await;
     assert_no_refusal(&results, &[first, second, third, fourth]);
@@ -364,6 +406,21 @@ async fn migrate_refuses_without_a_deployment_or_when_already_there() {
         none.stderr
     );
     assert_eq!(config(&cli), before);
+    let calls = standin.calls();
+    assert!(calls.iter().all(|c| !c.mutating), "{calls:#?}");
+
+    // A table without devices would make a package that lets nobody in.
+    let empty = "[deployment]\ncredential_store = \"dynamodb\"\n";
+    std::fs::write(cli.config_path(), empty).unwrap();
+    run(&cli, &["setup"]).expect(0);
+    standin.clear_calls();
+    let refused = run(&cli, &["device", "migrate", "--to", "package"]).expect(2);
+    assert!(
+        refused.stderr.contains("holds no devices"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(config(&cli), empty);
     let calls = standin.calls();
     assert!(calls.iter().all(|c| !c.mutating), "{calls:#?}");
 }

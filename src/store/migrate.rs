@@ -446,6 +446,17 @@ async fn to_package(app: &App, config: &Config, mut target: Config) -> Result<Mi
     let store = TableStore::new(clients.dynamodb.clone(), source.table.clone());
     app.progress(format!("reading every device of table {}", source.table));
     let devices = scan_all(&store).await?;
+    if devices.is_empty() {
+        bail!(Failure::usage(
+            format!(
+                "table {} holds no devices: with the package store every login would be refused, \
+                 and `setup` refuses a config without devices; nothing was changed",
+                source.table
+            ),
+            "add devices first (`iot-custom-auth device add`), or set credential_store = \
+             \"package\" by hand and run `setup` if you mean to start over",
+        ));
+    }
     target.devices = devices.clone();
     target.validate().map_err(|e| {
         Failure::usage(
