@@ -11,8 +11,9 @@
 //! 3. the table read back: every device there, exactly (else stop);
 //! 4. the DynamoDB-mode package deployed through the function's `apply`, which returns once the
 //!    update is done; every device is already in the table, so the old code and the new both
-//!    let it in. Before that, the grant gets [`GRANT_PROPAGATION`] to reach Lambda if this run
-//!    wrote it;
+//!    let it in. A deploy that switches the function starts at least [`GRANT_PROPAGATION`]
+//!    after the grant was known to be in place (written, or read, by this run), so that Lambda
+//!    sees it even when an earlier run wrote it a moment ago;
 //! 5. the config rewritten atomically: `credential_store = "dynamodb"`, no `[[devices]]`.
 //!
 //! Back (DynamoDB → config):
@@ -46,8 +47,9 @@ use crate::resources::{
 use crate::store::dynamodb::TableStore;
 use crate::store::{normalized, package};
 
-/// How long `--to dynamodb` lets a read grant it just wrote reach Lambda before deploying the
-/// code that needs it. IAM is eventually consistent and offers no way to wait for a change
+/// How long `--to dynamodb` lets the role's read grant reach Lambda before deploying the code
+/// that needs it, counted from when this run wrote it or read it in place (an earlier run that
+/// stopped may have written it a moment before). IAM is eventually consistent and offers no way to wait for a change
 /// (https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html#troubleshoot_general_eventual-consistency);
 /// changes usually show within about 2 s (/work/shared/aws-facts.md, Pulumi's maintainers);
 /// 10 s is five times that, and it runs while the devices are written, so a large fleet does
@@ -345,17 +347,11 @@ async fn to_dynamodb(
         desired: &desired,
         observed: &observed,
     };
-    let grant_written = role::plan(
-        &desired.basic_execution_policy_arn(),
-        role::desired_devices_policy(&desired).as_ref(),
-        observed.role.as_ref(),
-    )
-    .put_devices_policy
-    .is_some();
     let (role_done, table_done) = tokio::try_join!(
         apply(app, &step, &role::RESOURCE),
         apply(app, &step, &table::RESOURCE)
     )?;
+    // The grant was written, or read in place, by now.
     let granted_at = Instant::now();
     let mut steps = vec![role_done, table_done];
 
@@ -403,15 +399,14 @@ async fn to_dynamodb(
         ));
     }
 
-    if grant_written {
-        let left = GRANT_PROPAGATION.saturating_sub(granted_at.elapsed());
-        if !left.is_zero() {
-            let _wait = app.wait(format!(
-                "  letting IAM propagate the role's new read grant to Lambda ({}s)",
-                left.as_secs().max(1)
-            ));
-            tokio::time::sleep(left).await;
-        }
+    let switches = function::RESOURCE.plan(&desired, &observed).action != Action::Unchanged;
+    let left = GRANT_PROPAGATION.saturating_sub(granted_at.elapsed());
+    if switches && !left.is_zero() {
+        let _wait = app.wait(format!(
+            "  letting IAM propagate the role's read grant to Lambda ({}s)",
+            left.as_secs().max(1)
+        ));
+        tokio::time::sleep(left).await;
     }
     steps.push(apply(app, &step, &function::RESOURCE).await?);
 
