@@ -267,3 +267,51 @@ fn device_table(device: &Device) -> Table {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(username: &str) -> Device {
+        Device {
+            username: username.into(),
+            password_verifier: crate::verifier::make(username.as_bytes()),
+            client_ids: vec![username.into()],
+            publish: vec![format!("telemetry/{username}")],
+            subscribe: vec![],
+            previous_verifiers: vec![],
+            disabled: false,
+        }
+    }
+
+    #[test]
+    fn switching_the_store_rewrites_only_the_store_and_the_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let verifier = crate::verifier::make(b"a");
+        std::fs::write(
+            &path,
+            format!(
+                "# ours\n[deployment]\nname = \"fleet\" # keep\n\n[[devices]]\nusername = \"a\"\npassword_verifier = \"{verifier}\"\n"
+            ),
+        )
+        .unwrap();
+        switch_store(&path, CredentialStore::Dynamodb, &[]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# ours\n"), "{text}");
+        assert!(text.contains("name = \"fleet\" # keep"), "{text}");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.deployment.credential_store,
+            CredentialStore::Dynamodb
+        );
+        assert!(config.devices.is_empty());
+
+        let back = [device("b"), device("c")];
+        switch_store(&path, CredentialStore::Package, &back).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.deployment.credential_store, CredentialStore::Package);
+        assert_eq!(config.devices, back);
+        assert_eq!(config.deployment.name.as_deref(), Some("fleet"));
+    }
+}
