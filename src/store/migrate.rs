@@ -364,22 +364,6 @@ async fn to_dynamodb(
     let tick = |n: usize| count.add(n);
     let written = store.copy_in(devices.clone(), concurrency, &tick).await?;
     drop(count);
-    steps.push(
-        Outcome::new(
-            "devices",
-            format!("table {}", desired.names.table),
-            if written.written > 0 {
-                Action::Updated
-            } else {
-                Action::Unchanged
-            },
-        )
-        .with(vec![format!(
-            "{} written, {} already there",
-            written.written, written.unchanged
-        )]),
-    );
-
     let differing = store.differing(&devices, concurrency).await?;
     if !differing.is_empty() {
         bail!(Failure::new(
@@ -398,6 +382,24 @@ async fn to_dynamodb(
             "run `iot-custom-auth device migrate --to dynamodb` again",
         ));
     }
+
+    steps.push(
+        Outcome::new(
+            "devices",
+            format!("table {}", desired.names.table),
+            if written.written > 0 {
+                Action::Updated
+            } else {
+                Action::Unchanged
+            },
+        )
+        .with(vec![format!(
+            "{} written, {} already there; all {} read back",
+            written.written,
+            written.unchanged,
+            devices.len()
+        )]),
+    );
 
     let switches = function::RESOURCE.plan(&desired, &observed).action != Action::Unchanged;
     let left = GRANT_PROPAGATION.saturating_sub(granted_at.elapsed());
@@ -419,7 +421,7 @@ async fn to_dynamodb(
             Action::Updated,
         )
         .with(vec![format!(
-            "credential_store = \"dynamodb\"; its {} devices removed (the table holds them)",
+            "credential_store = \"dynamodb\"; {} devices removed, the table holds them",
             devices.len()
         )]),
     );
