@@ -246,6 +246,11 @@ async fn to_dynamodb_with_a_device_logging_in_throughout() {
     let results = pinger.results().await;
     assert_no_refusal(&results, &[during]);
 
+    assert!(
+        out.stderr.contains("warning: memory_mb = 128"),
+        "the SDK's cold start at 128 MB: {}",
+        out.stderr
+    );
     let report = out.json();
     assert_eq!(report["devices"], 3);
     assert_eq!(

@@ -62,6 +62,10 @@ pub const GRANT_PROPAGATION: Duration = Duration::from_secs(10);
 pub const MAX_ZIPPED_BYTES: usize = 50 * 1024 * 1024;
 pub const MAX_UNZIPPED_BYTES: usize = 250 * 1024 * 1024;
 
+/// The memory README recommends for the DynamoDB store: the SDK import alone projects to 3-4 s
+/// of a cold start at 128 MB, 0.7-1 s at 512 MB (BENCHMARKS.md, "Authorizer").
+const RECOMMENDED_DYNAMODB_MEMORY_MB: i32 = 512;
+
 /// Items per Scan page when reading the table.
 const SCAN_PAGE: usize = 1000;
 
@@ -78,7 +82,8 @@ pub struct MigrateArgs {
     /// The store to move the devices to.
     #[arg(long, value_enum)]
     pub to: Target,
-    /// DynamoDB requests in flight at once while writing or reading the devices.
+    /// DynamoDB batch requests in flight at once while writing the devices into the table and
+    /// reading them back (--to dynamodb).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
 }
@@ -305,6 +310,15 @@ async fn to_dynamodb(
     concurrency: usize,
 ) -> Result<Migrated> {
     let devices: Vec<Device> = config.devices.iter().cloned().map(normalized).collect();
+    if config.deployment.memory_mb < RECOMMENDED_DYNAMODB_MEMORY_MB {
+        app.progress(format!(
+            "warning: memory_mb = {}: the DynamoDB-mode authorizer imports the AWS SDK at every \
+             cold start, about 3-4 s of IoT's 5 s at 128 MB (README, \"Choosing a credential \
+             store\"); set memory_mb = {RECOMMENDED_DYNAMODB_MEMORY_MB} in [deployment] first \
+             (this command deploys it with the new code)",
+            config.deployment.memory_mb
+        ));
+    }
     let (desired, observed) = prepare(app, &target).await?;
     let clients = app.clients().await?;
     let store = TableStore::new(clients.dynamodb.clone(), desired.names.table.clone());
