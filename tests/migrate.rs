@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_iot::primitives::Blob;
 use aws_sdk_iot::types::MqttContext;
 use common::cli::{Cli, Run};
@@ -445,4 +446,44 @@ async fn migrate_refuses_without_a_deployment_or_when_already_there() {
     assert_eq!(config(&cli), empty);
     let calls = standin.calls();
     assert!(calls.iter().all(|c| !c.mutating), "{calls:#?}");
+
+    // Devices the table accepts but a config file does not: two claiming one client ID.
+    let dynamodb = aws_sdk_dynamodb::Client::new(&standin.sdk_config().await);
+    for user in ["a1", "b1"] {
+        let s = |v: &str| AttributeValue::S(v.to_string());
+        dynamodb
+            .put_item()
+            .table_name(TABLE)
+            .item("username", s(user))
+            .item("verifier", s(&verifier(user)))
+            .item("clientIds", AttributeValue::L(vec![s("shared")]))
+            .item("publish", AttributeValue::L(vec![s("telemetry/shared")]))
+            .item("subscribe", AttributeValue::L(vec![]))
+            .send()
+            .await
+            .unwrap();
+    }
+    standin.clear_calls();
+    let refused = run(&cli, &["device", "migrate", "--to", "package"]).expect(2);
+    assert!(
+        refused.stderr.contains("cannot be config devices")
+            && refused.stderr.contains("client ID `shared` is claimed"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(config(&cli), empty);
+    let calls = standin.calls();
+    assert!(calls.iter().all(|c| !c.mutating), "{calls:#?}");
+}
+
+/// A verifier as the tool writes it (`sha256:<16-byte salt>:<sha256(salt || password)>`).
+fn verifier(password: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let salt = [7u8; 16];
+    let mut h = sha2::Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    format!("sha256:{}:{}", b64.encode(salt), b64.encode(h.finalize()))
 }

@@ -249,16 +249,8 @@ async fn scan_all(store: &TableStore) -> Result<Vec<Device>> {
     let mut devices = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.list(SCAN_PAGE, after.as_deref()).await.map_err(|e| {
-            if e.downcast_ref::<Failure>().is_some() {
-                return e;
-            }
-            Failure::usage(
-                format!("cannot read the devices of table {}: {e:#}", store.table()),
-                "fix or remove that item (`aws dynamodb delete-item`), then run again",
-            )
-            .into()
-        })?;
+        // A malformed item fails here, naming its device (`from_item`).
+        let page = store.list(SCAN_PAGE, after.as_deref()).await?;
         devices.extend(page.devices);
         match page.next {
             Some(next) => after = Some(next),
