@@ -361,6 +361,13 @@ async fn to_package_with_a_device_logging_in_throughout_keeps_the_table() {
         standin.calls().iter().all(|c| !c.mutating),
         "nothing changed"
     );
+
+    // With the package store teardown does not look for the table: it removes the rest and
+    // leaves the table and its devices, as the migration said.
+    let gone = run(&cli, &["teardown", "--yes"]).expect(0);
+    assert!(!gone.stdout.contains(TABLE), "{}", gone.stdout);
+    let items = dynamodb.scan().table_name(TABLE).send().await.unwrap();
+    assert_eq!(items.count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
