@@ -302,6 +302,9 @@ async fn to_dynamodb(
     concurrency: usize,
 ) -> Result<Migrated> {
     let devices: Vec<Device> = config.devices.iter().cloned().map(normalized).collect();
+    let (desired, observed) = prepare(app, &target).await?;
+    let clients = app.clients().await?;
+    let store = TableStore::new(clients.dynamodb.clone(), desired.names.table.clone());
     if config.deployment.memory_mb < RECOMMENDED_DYNAMODB_MEMORY_MB {
         app.progress(format!(
             "warning: memory_mb = {}: the DynamoDB-mode authorizer imports the AWS SDK at every \
@@ -311,9 +314,6 @@ async fn to_dynamodb(
             config.deployment.memory_mb
         ));
     }
-    let (desired, observed) = prepare(app, &target).await?;
-    let clients = app.clients().await?;
-    let store = TableStore::new(clients.dynamodb.clone(), desired.names.table.clone());
     // A table left by an earlier migration back may hold devices the config has since
     // dropped; moving in would let them log in again.
     if observed.table.as_ref().is_some_and(|t| t.holds_devices) {
