@@ -244,6 +244,25 @@ async fn apply(app: &App, step: &Step<'_>, resource: &dyn Resource) -> Result<Ou
     Ok(outcome)
 }
 
+/// Refuses a package of `devices` past Lambda's size limits (`zipped`, `unzipped` bytes).
+fn fits_lambda(devices: usize, zipped: usize, unzipped: usize) -> Result<()> {
+    const MB: usize = 1024 * 1024;
+    if zipped > MAX_ZIPPED_BYTES || unzipped > MAX_UNZIPPED_BYTES {
+        bail!(Failure::usage(
+            format!(
+                "{devices} devices make a {} MB package ({} MB unzipped), past Lambda's limits \
+                 of {} MB zipped and {} MB unzipped; nothing was changed",
+                zipped.div_ceil(MB),
+                unzipped.div_ceil(MB),
+                MAX_ZIPPED_BYTES / MB,
+                MAX_UNZIPPED_BYTES / MB
+            ),
+            "keep this fleet in DynamoDB (the package store is meant for up to 30,000 devices)",
+        ));
+    }
+    Ok(())
+}
+
 /// Every device in the table, sorted by username, read a page at a time.
 async fn scan_all(store: &TableStore) -> Result<Vec<Device>> {
     let mut devices = Vec::new();
@@ -475,20 +494,7 @@ async fn to_package(app: &App, config: &Config, mut target: Config) -> Result<Mi
     let unzipped = crate::bundle::device_data(&target, &desired.names, &desired.iot_arn_prefix())
         .len()
         + crate::bundle::AUTHORIZER_SOURCE.len();
-    if zipped > MAX_ZIPPED_BYTES || unzipped > MAX_UNZIPPED_BYTES {
-        bail!(Failure::usage(
-            format!(
-                "{} devices make a {} MB package ({} MB unzipped), past Lambda's limits of {} MB \
-                 zipped and {} MB unzipped; nothing was changed",
-                devices.len(),
-                zipped / (1024 * 1024),
-                unzipped / (1024 * 1024),
-                MAX_ZIPPED_BYTES / (1024 * 1024),
-                MAX_UNZIPPED_BYTES / (1024 * 1024)
-            ),
-            "keep this fleet in DynamoDB (the package store is meant for up to 30,000 devices)",
-        ));
-    }
+    fits_lambda(devices.len(), zipped, unzipped)?;
     crate::commands::device::warn_if_large(app, devices.len());
 
     let step = Step {
@@ -554,4 +560,25 @@ async fn to_package(app: &App, config: &Config, mut target: Config) -> Result<Mi
             ),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_package_past_lambdas_limits_is_refused_as_bad_input() {
+        assert!(fits_lambda(10, MAX_ZIPPED_BYTES, MAX_UNZIPPED_BYTES).is_ok());
+        for (zipped, unzipped) in [(MAX_ZIPPED_BYTES + 1, 1), (1, MAX_UNZIPPED_BYTES + 1)] {
+            let err = fits_lambda(2_000_000, zipped, unzipped).unwrap_err();
+            let failure = err.downcast_ref::<Failure>().expect("a Failure");
+            assert!(failure.usage, "exit code 2");
+            assert!(
+                failure.message.starts_with("2000000 devices make a"),
+                "{}",
+                failure.message
+            );
+            assert!(failure.message.contains("50 MB zipped and 250 MB unzipped"));
+        }
+    }
 }
