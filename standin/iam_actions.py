@@ -216,6 +216,12 @@ def table_arn(request: Request, name: str) -> str:
 def _dynamodb(request: Request, action: str) -> list[Need]:
     if request.operation in ("TagResource", "UntagResource", "ListTagsOfResource"):
         return [Need(action, request.param("ResourceArn") or "*")]
+    # SAR, DynamoDB: BatchGetItem and BatchWriteItem act on the `table` resource type, each
+    # table named in RequestItems (they have no TableName).
+    if request.operation in ("BatchGetItem", "BatchWriteItem"):
+        tables = request.param("RequestItems")
+        if isinstance(tables, dict) and tables:
+            return [Need(action, table_arn(request, name)) for name in sorted(tables)]
     name = request.param("TableName")
     if not name:
         return [Need(action, "*")]

@@ -55,6 +55,11 @@ pub enum DeviceCommand {
         /// The device's username.
         username: String,
     },
+    /// Move the devices to the other store (config file ⇄ DynamoDB table) and switch the
+    /// deployment, with no moment in which a device cannot log in; a re-run completes a run that
+    /// stopped. Needs a deployment (`setup`) and credentials for `setup` plus the device
+    /// commands' DynamoDB actions; --to package reads every verifier (Scan).
+    Migrate(crate::store::migrate::MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +137,10 @@ pub struct RotateArgs {
 }
 
 pub async fn run(app: &App, command: DeviceCommand) -> Result<u8> {
+    let command = match command {
+        DeviceCommand::Migrate(args) => return crate::store::migrate::run(app, args).await,
+        other => other,
+    };
     let config = app.config()?;
     let store = Store::open(app, &config).await?;
     match command {
@@ -144,6 +153,7 @@ pub async fn run(app: &App, command: DeviceCommand) -> Result<u8> {
         DeviceCommand::Rotate(args) => rotate(app, &store, args).await,
         DeviceCommand::Disable { username } => set_disabled(app, &store, &username, true).await,
         DeviceCommand::Enable { username } => set_disabled(app, &store, &username, false).await,
+        DeviceCommand::Migrate(_) => unreachable!("handled before the store is opened"),
     }
 }
 
@@ -285,8 +295,9 @@ pub fn warn_if_large(app: &App, devices: usize) {
     if devices > store::PACKAGE_STORE_RECOMMENDED_MAX {
         app.progress(format!(
             "warning: {devices} devices in {}; past {} the package store slows the authorizer's \
-             cold start and every change redeploys it. Move them to DynamoDB with \
-             `credential_store = \"dynamodb\"` (README, \"Device store\").",
+             cold start and every change redeploys it. Move them to DynamoDB, \
+             without downtime, with `iot-custom-auth device migrate --to dynamodb` (README, \
+             \"Device store\").",
             app.global.config.display(),
             store::PACKAGE_STORE_RECOMMENDED_MAX
         ));

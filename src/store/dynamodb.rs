@@ -221,6 +221,76 @@ impl TableStore {
         Ok(written)
     }
 
+    /// Makes the table hold exactly `devices` (already normalized, see [`super::normalized`]):
+    /// writes each whose stored item differs in any field, previous verifiers and the disabled
+    /// flag included, and leaves identical ones alone, so a re-run writes nothing. Unlike
+    /// [`Self::put_many`] it keeps no stored previous verifier: the caller's record is the
+    /// truth (`device migrate`). `concurrency` chunks of 100 are in flight at once.
+    pub async fn copy_in(
+        &self,
+        devices: Vec<Device>,
+        concurrency: usize,
+        tick: Tick<'_>,
+    ) -> Result<Written> {
+        let mut chunks = Vec::new();
+        let mut rest = devices.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(READ_BATCH).collect::<Vec<_>>());
+        }
+        futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                let stored = self
+                    .batch_get(chunk.iter().map(|d| d.username.as_str()))
+                    .await?;
+                let mut written = Written::default();
+                let mut items = Vec::new();
+                for device in &chunk {
+                    if stored.get(&device.username) == Some(device) {
+                        written.unchanged += 1;
+                    } else {
+                        items.push(to_item(device));
+                    }
+                }
+                tick(written.unchanged);
+                for batch in items.chunks(WRITE_BATCH) {
+                    self.batch_write(batch.to_vec()).await?;
+                    written.written += batch.len();
+                    tick(batch.len());
+                }
+                Ok::<_, anyhow::Error>(written)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_fold(Written::default(), |total, w| async move {
+                Ok(Written {
+                    written: total.written + w.written,
+                    unchanged: total.unchanged + w.unchanged,
+                })
+            })
+            .await
+    }
+
+    /// The usernames among `devices` whose stored item is missing or differs from them, read
+    /// with strongly consistent BatchGetItem, `concurrency` requests of 100 keys in flight.
+    pub async fn differing(&self, devices: &[Device], concurrency: usize) -> Result<Vec<String>> {
+        let found: Vec<Vec<String>> = futures::stream::iter(devices.chunks(READ_BATCH))
+            .map(|chunk| async move {
+                let stored = self
+                    .batch_get(chunk.iter().map(|d| d.username.as_str()))
+                    .await?;
+                Ok::<_, anyhow::Error>(
+                    chunk
+                        .iter()
+                        .filter(|d| stored.get(&d.username) != Some(*d))
+                        .map(|d| d.username.clone())
+                        .collect(),
+                )
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
     async fn batch_get<'a>(
         &self,
         usernames: impl Iterator<Item = &'a str>,

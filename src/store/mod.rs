@@ -5,6 +5,7 @@
 
 pub mod dynamodb;
 pub mod import;
+pub mod migrate;
 pub mod package;
 
 use std::time::{SystemTime, UNIX_EPOCH};

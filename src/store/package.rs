@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, value};
 
 use super::{Incoming, Page, Tick, Written};
-use crate::config::{Config, Device};
+use crate::config::{Config, CredentialStore, Device};
 use crate::error::Failure;
 
 pub struct PackageStore {
@@ -156,6 +156,28 @@ impl PackageStore {
     }
 }
 
+/// Rewrites the config file at `path` in one atomic write ([`crate::config::write`]) to use
+/// `store` and hold exactly `devices` as `[[devices]]` (none: the key is removed), keeping
+/// every other setting and comment. `device migrate`'s last step.
+pub fn switch_store(path: &Path, store: CredentialStore, devices: &[Device]) -> Result<()> {
+    let mut doc = read_document(path)?;
+    let name = match store {
+        CredentialStore::Package => "package",
+        CredentialStore::Dynamodb => "dynamodb",
+    };
+    doc["deployment"]["credential_store"] = value(name);
+    if devices.is_empty() {
+        doc.remove("devices");
+    } else {
+        let mut tables = ArrayOfTables::new();
+        for device in devices {
+            tables.push(device_table(device));
+        }
+        doc["devices"] = Item::ArrayOfTables(tables);
+    }
+    write_document(path, &doc)
+}
+
 fn refuse_invalid(config: &Config) -> Result<()> {
     config.validate().map_err(|e| {
         Failure::usage(
@@ -244,4 +266,52 @@ fn device_table(device: &Device) -> Table {
         t["disabled"] = value(true);
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(username: &str) -> Device {
+        Device {
+            username: username.into(),
+            password_verifier: crate::verifier::make(username.as_bytes()),
+            client_ids: vec![username.into()],
+            publish: vec![format!("telemetry/{username}")],
+            subscribe: vec![],
+            previous_verifiers: vec![],
+            disabled: false,
+        }
+    }
+
+    #[test]
+    fn switching_the_store_rewrites_only_the_store_and_the_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let verifier = crate::verifier::make(b"a");
+        std::fs::write(
+            &path,
+            format!(
+                "# ours\n[deployment]\nname = \"fleet\" # keep\n\n[[devices]]\nusername = \"a\"\npassword_verifier = \"{verifier}\"\n"
+            ),
+        )
+        .unwrap();
+        switch_store(&path, CredentialStore::Dynamodb, &[]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# ours\n"), "{text}");
+        assert!(text.contains("name = \"fleet\" # keep"), "{text}");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.deployment.credential_store,
+            CredentialStore::Dynamodb
+        );
+        assert!(config.devices.is_empty());
+
+        let back = [device("b"), device("c")];
+        switch_store(&path, CredentialStore::Package, &back).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.deployment.credential_store, CredentialStore::Package);
+        assert_eq!(config.devices, back);
+        assert_eq!(config.deployment.name.as_deref(), Some("fleet"));
+    }
 }
