@@ -29,7 +29,8 @@ use crate::{policy, verifier};
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Also log in as this device through TestInvokeAuthorizer: it must be allowed with the
-    /// policy the config says, and a random password must be denied.
+    /// policy its client IDs and topics say (from the config, or the devices table), and a
+    /// random password must be denied.
     #[arg(long, value_name = "USERNAME")]
     pub probe_user: Option<String>,
     /// Read the probe password from stdin (otherwise IOT_CUSTOM_AUTH_PASSWORD).
