@@ -512,7 +512,7 @@ async fn the_device_commands_need_only_the_device_policy() {
             );
         }
     }
-    let (_, device) = as_identity(&standin, &cli, "device");
+    let (identity, device) = as_identity(&standin, &cli, "device");
     let ok = |args: &[&str], stdin: Option<&str>| run_as(&cli, &device, args, stdin, 0);
 
     ok(
@@ -567,6 +567,64 @@ async fn the_device_commands_need_only_the_device_policy() {
     ok(&["device", "remove", "sensor2"], None);
     let listed = ok(&["--output", "json", "device", "list"], None).json();
     assert_eq!(listed["devices"].as_array().unwrap().len(), 3);
+
+    // The policy is the table's only: a batch write naming another table is refused (the
+    // stand-in checks BatchWriteItem on each table of RequestItems, as IAM does).
+    let admin = aws_sdk_dynamodb::Client::new(&standin.sdk_config().await);
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, PutRequest,
+        ScalarAttributeType, WriteRequest,
+    };
+    admin
+        .create_table()
+        .table_name("other-devices")
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("username")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("username")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let put = |table: &str| {
+        let request = WriteRequest::builder()
+            .put_request(
+                PutRequest::builder()
+                    .item("username", AttributeValue::S("intruder".into()))
+                    .build()
+                    .unwrap(),
+            )
+            .build();
+        (table.to_string(), vec![request])
+    };
+    let db = aws_sdk_dynamodb::Client::new(&standin.sdk_config_for(REGION, Some(&identity)).await);
+    let err = db
+        .batch_write_item()
+        .request_items(put(TABLE).0, put(TABLE).1)
+        .request_items(put("other-devices").0, put("other-devices").1)
+        .send()
+        .await
+        .expect_err("another table");
+    assert_eq!(
+        aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&err),
+        Some("AccessDeniedException"),
+        "{err:?}"
+    );
+    assert!(
+        aws_sdk_dynamodb::error::ProvideErrorMetadata::message(&err)
+            .is_some_and(|m| m.contains("table/other-devices")),
+        "{err:?}"
+    );
 
     // With the package store the device commands edit the config file: no policy to print.
     let package = Cli::new(&standin);
