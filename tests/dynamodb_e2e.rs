@@ -417,6 +417,30 @@ fn check(run: &Run, id: &str) -> Value {
 async fn status_probes_a_table_device_without_reading_its_secrets() {
     let standin = StandIn::start_with(&["--no-aws-delays"]);
     let cli = dynamodb_cli(&standin);
+    // Before setup there is no table to read the device from: the probe is skipped, and status
+    // says what is missing (exit 3), as it does without the probe.
+    let before = cli
+        .run_with(
+            &["status", "--output", "json", "--probe-user", "sensor1"],
+            None,
+            &[(
+                "IOT_CUSTOM_AUTH_PASSWORD",
+                "Pw-sensor1-Zq8x3Lr5Tb7Nc2Vm9Kd4",
+            )],
+        )
+        .expect(3);
+    assert_eq!(
+        check(&before, "probe.allowed")["state"],
+        "skip",
+        "{}",
+        before.stdout
+    );
+    assert_eq!(
+        check(&before, "table.exists")["state"],
+        "fail",
+        "{}",
+        before.stdout
+    );
     cli.run(&["setup"]).expect(0);
     let (identity, mut status) = as_identity(&standin, &cli, "status");
     let password = cli.add_device("sensor1", &["--subscribe", "commands/sensor1"]);

@@ -85,17 +85,20 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<u8> {
     };
     let clients = app.clients().await?;
     // The probed device: from the config, or (DynamoDB store) its non-secret attributes from
-    // the table, before anything else so that an unknown username stops here.
+    // the table, before anything else so that an unknown username stops here. None: the table
+    // does not exist (yet), which the table checks report; the probe is skipped.
     let probe_device = match &args.probe_user {
-        Some(user) => Some(match config.deployment.credential_store {
-            CredentialStore::Package => config
-                .device(user)
-                .cloned()
-                .context("probe device vanished")?,
+        Some(user) => match config.deployment.credential_store {
+            CredentialStore::Package => Some(
+                config
+                    .device(user)
+                    .cloned()
+                    .context("probe device vanished")?,
+            ),
             CredentialStore::Dynamodb => {
                 table_device(&clients.dynamodb, &names.table, user).await?
             }
-        }),
+        },
         None => None,
     };
     let ((identity, observed), endpoint) = tokio::try_join!(
@@ -117,6 +120,12 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<u8> {
         "endpoint",
         format!("{endpoint}:{} ALPN {}", endpoint::PORT, endpoint::ALPN),
     ));
+    if args.probe_user.is_some() && probe_device.is_none() {
+        checks.push(skip(
+            "probe.allowed",
+            "no devices table to read the device from",
+        ));
+    }
     if let (Some(device), Some(password)) = (&probe_device, probe_password) {
         let user = &device.username;
         if observed.authorizer.is_some() {
@@ -195,12 +204,12 @@ pub const PROBE_ATTRIBUTES: &[&str] =
     &["clientIds", "disabled", "publish", "subscribe", "username"];
 
 /// The probed device from the table: one GetItem projecting only [`PROBE_ATTRIBUTES`] (its
-/// verifier is left empty: the probe never needs it).
+/// verifier is left empty: the probe never needs it). None when the table does not exist.
 async fn table_device(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     user: &str,
-) -> Result<Device> {
+) -> Result<Option<Device>> {
     use aws_sdk_dynamodb::types::AttributeValue;
     let projection: Vec<String> = (0..PROBE_ATTRIBUTES.len())
         .map(|i| format!("#a{i}"))
@@ -215,10 +224,7 @@ async fn table_device(
     }
     let out = match request.send().await {
         Ok(out) => out,
-        Err(e) if e.code() == Some("ResourceNotFoundException") => bail!(Failure::usage(
-            format!("--probe-user: the device table {table} does not exist"),
-            "run `iot-custom-auth setup` first (or check --name and --region)"
-        )),
+        Err(e) if e.code() == Some("ResourceNotFoundException") => return Ok(None),
         Err(e) if is_access_denied(e.code()) => bail!(Failure::new(
             format!(
                 "--probe-user: reading `{user}` from table {table} was refused: {}",
@@ -243,7 +249,7 @@ async fn table_device(
             _ => vec![],
         }
     };
-    Ok(Device {
+    Ok(Some(Device {
         username: user.to_string(),
         password_verifier: String::new(),
         client_ids: strings("clientIds"),
@@ -251,7 +257,7 @@ async fn table_device(
         subscribe: strings("subscribe"),
         previous_verifiers: vec![],
         disabled: matches!(item.get("disabled"), Some(AttributeValue::Bool(true))),
-    })
+    }))
 }
 
 /// Logs in through TestInvokeAuthorizer as IoT would: the right password must give exactly the
