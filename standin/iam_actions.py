@@ -203,14 +203,40 @@ def _logs_resource(request: Request) -> str:
 
 # --- DynamoDB ---------------------------------------------------------------------------
 # SAR "Actions, resources, and condition keys for Amazon DynamoDB": table operations act on
-# `arn:${Partition}:dynamodb:${Region}:${Account}:table/${TableName}`; `dynamodb:Select` is the
-# condition key of Query and Scan (default ALL_ATTRIBUTES when the request names none, as the API
-# reference for Scan says).
-_DYNAMODB_SELECT = {"Query", "Scan"}
+# `arn:${Partition}:dynamodb:${Region}:${Account}:table/${TableName}`; the batch operations on
+# each table their RequestItems name. Reads carry two condition keys (SAR; DynamoDB Developer
+# Guide, "Using IAM policy conditions for fine-grained access control"):
+# - `dynamodb:Select`: Query's and Scan's Select; when absent, SPECIFIC_ATTRIBUTES with a
+#   projection and ALL_ATTRIBUTES without one (API reference, Query/Scan "Select"). GetItem and
+#   BatchGetItem have no Select parameter: [3rd] the same rule, a projection is
+#   SPECIFIC_ATTRIBUTES, none ALL_ATTRIBUTES (what the IAM User Guide's example "Allows access to
+#   specific attributes" relies on when it pairs dynamodb:Attributes with dynamodb:Select).
+# - `dynamodb:Attributes`: the top-level attribute names the request projects
+#   (ProjectionExpression, with ExpressionAttributeNames resolved, or AttributesToGet); no value
+#   without a projection, where ForAllValues would hold: hence dynamodb:Select in such policies.
+# Strict: any other operation supplies neither key, so a policy conditioned on them grants it nothing.
+_DYNAMODB_READS = {"GetItem", "Query", "Scan"}
 
 
 def table_arn(request: Request, name: str) -> str:
     return name if name.startswith("arn:") else _arn(request, "dynamodb", f"table/{name}")
+
+
+def _projected(spec: dict) -> list[str] | None:
+    """The top-level attribute names a read projects; None when it projects none (all of them)."""
+    expression = spec.get("ProjectionExpression")
+    if expression:
+        names = spec.get("ExpressionAttributeNames") or {}
+        tops = (part.strip().split(".")[0].split("[")[0] for part in expression.split(","))
+        return sorted({names.get(t, t) for t in tops if t})
+    listed = spec.get("AttributesToGet")
+    return sorted(set(listed)) if listed else None
+
+
+def _read_context(spec: dict) -> dict:
+    projected = _projected(spec)
+    select = spec.get("Select") or ("SPECIFIC_ATTRIBUTES" if projected else "ALL_ATTRIBUTES")
+    return {"dynamodb:select": [select], "dynamodb:attributes": projected or []}
 
 
 def _dynamodb(request: Request, action: str) -> list[Need]:
@@ -219,16 +245,19 @@ def _dynamodb(request: Request, action: str) -> list[Need]:
     # SAR, DynamoDB: BatchGetItem and BatchWriteItem act on the `table` resource type, each
     # table named in RequestItems (they have no TableName).
     if request.operation in ("BatchGetItem", "BatchWriteItem"):
-        tables = request.param("RequestItems")
-        if isinstance(tables, dict) and tables:
-            return [Need(action, table_arn(request, name)) for name in sorted(tables)]
+        items = request.body.get("RequestItems")
+        if not isinstance(items, dict) or not items:
+            return [Need(action, "*")]
+        reads = request.operation == "BatchGetItem"
+        return [
+            Need(action, table_arn(request, name), _read_context(spec) if reads and isinstance(spec, dict) else {})
+            for name, spec in items.items()
+        ]
     name = request.param("TableName")
     if not name:
         return [Need(action, "*")]
     arn = table_arn(request, name)
-    context = {}
-    if request.operation in _DYNAMODB_SELECT:
-        context["dynamodb:select"] = [request.param("Select") or "ALL_ATTRIBUTES"]
+    context = _read_context(request.body) if request.operation in _DYNAMODB_READS else {}
     result = [Need(action, arn, context)]
     # [3rd] DynamoDB Developer Guide, "Tagging resources" / ABAC: creating a table with tags
     # needs dynamodb:TagResource as well as dynamodb:CreateTable.

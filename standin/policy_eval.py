@@ -150,16 +150,22 @@ def _condition_result(condition, context: dict) -> bool | None:
 
 def _one_condition(operator: str, key: str, expected: list, context: dict) -> bool | None:
     name = operator.lower()
+    set_operator = None
+    for prefix in ("forallvalues:", "foranyvalue:"):
+        if name.startswith(prefix):
+            set_operator, name = prefix[:-1], name[len(prefix) :]
     if_exists = name.endswith("ifexists")
     if if_exists:
         name = name[: -len("ifexists")]
+    if set_operator is not None:
+        return _set_condition(set_operator, name, key, expected, context)
     if name == "null":
         if key.lower() not in context and not _known_absent(key):
             return None
         present = key.lower() in context
         return all(str(e).lower() == ("false" if present else "true") for e in expected)
     if name not in _OPERATORS:
-        return None  # ForAnyValue:/ForAllValues:, numeric, date, IP, binary operators: unknown
+        return None  # numeric, date, IP, binary operators: unknown
     compare, negated = _OPERATORS[name]
     key_name = key.lower()
     if key_name not in context:
@@ -168,9 +174,39 @@ def _one_condition(operator: str, key: str, expected: list, context: dict) -> bo
         # An absent key: ...IfExists holds; a negated operator holds; a positive one fails.
         return True if if_exists or negated else False
     actual = context[key_name]
+    if not actual:
+        # Supplied as empty: the request has no value for it, which the stand-in knows.
+        return True if if_exists or negated else False
     matched = any(compare(str(e), str(a)) for e in expected for a in actual)
     return not matched if negated else matched
 
+
+def _set_condition(set_operator: str, name: str, key: str, expected: list, context: dict) -> bool | None:
+    """ForAllValues:/ForAnyValue: on a multivalued key (IAM User Guide, "Single-valued vs.
+    multivalued context keys"): ForAllValues holds when every value in the request matches some
+    value of the condition, and also when the request has no value for the key; ForAnyValue holds
+    when at least one does, and never when the request has none."""
+    key_name = key.lower()
+    # Strict: on a single-valued key AWS's verdict depends on details the stand-in does not model
+    # (and the IAM User Guide advises against it), so only the multivalued keys are evaluated.
+    if name not in _OPERATORS or key_name not in _MULTIVALUED_KEYS:
+        return None
+    compare, negated = _OPERATORS[name]
+    if key_name not in context and not _known_absent(key):
+        return None
+    actual = context.get(key_name) or []
+
+    def one(value) -> bool:
+        matched = any(compare(str(e), str(value)) for e in expected)
+        return not matched if negated else matched
+
+    if set_operator == "forallvalues":
+        return all(one(a) for a in actual)
+    return any(one(a) for a in actual)
+
+
+# Multivalued keys the stand-in supplies (for the requests iam_actions.py says carry them).
+_MULTIVALUED_KEYS = {"dynamodb:attributes"}
 
 # Keys the stand-in understands even when a request does not carry them, so their absence is a
 # fact (AWS: a key that is not in the request context is absent) rather than "unknown".

@@ -296,13 +296,13 @@ async fn the_dynamodb_lifecycle_as_least_privilege_identities() {
 }
 
 /// An empty table is deleted by a plain teardown: there is nothing to lose. (And `status
-/// --probe-user` says it is not available with this store yet.)
+/// --probe-user` of a device the table does not hold is a usage error naming the table.)
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_table_goes_with_a_plain_teardown() {
     let standin = StandIn::start_with(&["--no-aws-delays"]);
     let cli = dynamodb_cli(&standin);
     cli.run(&["setup"]).expect(0);
-    // Not available with this store yet: said plainly, with the way to log in instead.
+    // The device is looked up in the table (tests/dynamodb_e2e.rs probes one that is there).
     let probe = cli
         .run_with(
             &["status", "--probe-user", "sensor1"],
@@ -314,7 +314,9 @@ async fn an_empty_table_goes_with_a_plain_teardown() {
         )
         .expect(2);
     assert!(
-        probe.stderr.contains("connect --username sensor1"),
+        probe
+            .stderr
+            .contains("no device `sensor1` in table iot-custom-auth-devices"),
         "{}",
         probe.stderr
     );

@@ -588,11 +588,17 @@ fn dynamodb_commands_fail_without_each_action_the_store_adds() {
                 &format!("{command}-{n}"),
                 &without(&policy, *statement, action),
             );
-            let env = standin.env_as(&identity);
+            let mut env = standin.env_as(&identity);
+            // status probes a device, so that its conditional GetItem is exercised too.
+            if command == "status" {
+                let password = cli.add_device("sensor1", &[]);
+                env.push(("IOT_CUSTOM_AUTH_PASSWORD".into(), password));
+            }
             let env: Vec<(&str, &str)> =
                 env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let args: &[&str] = match command {
                 "teardown" => &["teardown", "--yes"],
+                "status" => &["status", "--probe-user", "sensor1"],
                 other => &[other],
             };
             let run = cli.run_with(args, None, &env);
@@ -616,6 +622,7 @@ fn dynamodb_commands_fail_without_each_action_the_store_adds() {
         "setup dynamodb:UpdateContinuousBackups",
         "setup iam:PutRolePolicy",
         "status dynamodb:Scan",
+        "status dynamodb:GetItem",
         "status iam:GetRolePolicy",
         "teardown dynamodb:DeleteTable",
     ] {

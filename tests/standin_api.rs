@@ -1287,7 +1287,8 @@ async fn conditions_the_stand_in_cannot_evaluate_never_allow() {
             json!({"NumericLessThan": {"aws:username": "5"}}),
             false,
         ),
-        // Set operators are not evaluated.
+        // Set operators are evaluated on multivalued keys only (dynamodb:Attributes,
+        // tests/dynamodb_e2e.rs), not on a single-valued one.
         (
             "set-operator",
             json!({"ForAnyValue:StringEquals": {"aws:username": "set-operator"}}),

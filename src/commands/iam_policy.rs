@@ -3,14 +3,14 @@
 
 use std::fmt;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::config::CredentialStore;
-use crate::error::exit;
+use crate::error::{Failure, exit};
 use crate::names::{Names, basic_execution_policy_arn, partition_of_region};
 
 #[derive(Debug, Args)]
@@ -33,6 +33,8 @@ pub enum For {
     Status,
     Teardown,
     Logs,
+    /// The device commands, with `credential_store = "dynamodb"` (the package store needs none).
+    Device,
     All,
 }
 
@@ -168,12 +170,48 @@ fn table_statements(
         return vec![];
     }
     let arn = names.table_arn(partition, region, account);
-    vec![
-        json!({"Sid": "DevicesTable", "Effect": "Allow", "Action": table_needs(command), "Resource": arn}),
-        json!({"Sid": "CountDevicesOnly", "Effect": "Allow", "Action": "dynamodb:Scan", "Resource": arn,
-            "Condition": {"StringEquals": {"dynamodb:Select": "COUNT"}}}),
-    ]
+    let mut statements = Vec::new();
+    if command != For::Device {
+        statements.extend([
+            json!({"Sid": "DevicesTable", "Effect": "Allow", "Action": table_needs(command), "Resource": arn}),
+            json!({"Sid": "CountDevicesOnly", "Effect": "Allow", "Action": "dynamodb:Scan", "Resource": arn,
+                "Condition": {"StringEquals": {"dynamodb:Select": "COUNT"}}}),
+        ]);
+    }
+    if matches!(command, For::Status | For::All) {
+        // `status --probe-user` reads the device's client IDs and topics and nothing else: one
+        // GetItem whose projection names only PROBE_ATTRIBUTES. `dynamodb:Attributes` (the
+        // projected names, ForAllValues) keeps out the verifiers; `dynamodb:Select` =
+        // SPECIFIC_ATTRIBUTES refuses a GetItem with no projection, for which ForAllValues
+        // alone would hold (Service Authorization Reference, "Actions, resources, and condition
+        // keys for Amazon DynamoDB"; IAM User Guide, "Amazon DynamoDB: Allows access to specific
+        // attributes").
+        statements.push(json!({"Sid": "ProbeDeviceWithoutSecrets", "Effect": "Allow",
+            "Action": "dynamodb:GetItem", "Resource": arn,
+            "Condition": {
+                "ForAllValues:StringEquals": {"dynamodb:Attributes": crate::commands::status::PROBE_ATTRIBUTES},
+                "StringEquals": {"dynamodb:Select": "SPECIFIC_ATTRIBUTES"}
+            }}));
+    }
+    if matches!(command, For::Device | For::All) {
+        statements.push(json!({"Sid": "DeviceCommands", "Effect": "Allow",
+            "Action": DEVICE_ACTIONS, "Resource": arn}));
+    }
+    statements
 }
+
+/// What the device commands call on the table (src/store/dynamodb.rs): `show`, `rotate`,
+/// `disable`, `enable` read one item (GetItem) and write it back conditionally (PutItem); `add`
+/// is a conditional PutItem, `remove` a conditional DeleteItem; `list` and `export` page with
+/// Scan; `import` reads 100 items at a time (BatchGetItem) and writes 25 (BatchWriteItem).
+const DEVICE_ACTIONS: &[&str] = &[
+    "dynamodb:BatchGetItem",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Scan",
+];
 
 /// CloudWatch Logs actions on the function's log group, per command.
 fn log_group_needs(command: For) -> Vec<&'static str> {
@@ -237,6 +275,11 @@ pub fn document(
     region: &str,
     account: &str,
 ) -> Value {
+    if command == For::Device {
+        // The device commands touch the table only (the package store's edit the config file).
+        return json!({"Version": "2012-10-17",
+            "Statement": table_statements(command, names, partition, region, account)});
+    }
     if command == For::Logs {
         // `logs` reads the log lines, and the function's logging config to explain an empty answer.
         let mut statements = log_group_statements(command, names, partition, region, account);
@@ -294,6 +337,14 @@ impl fmt::Display for Printed {
 pub async fn run(app: &App, args: IamPolicyArgs) -> Result<u8> {
     let config = app.config()?;
     let names = app.names(&config)?;
+    if args.for_command == For::Device && names.store != CredentialStore::Dynamodb {
+        bail!(Failure::usage(
+            "the device commands need no AWS permission with credential_store = \"package\": \
+             they edit the config file, and `setup` deploys it",
+            "use `iam-policy --for setup` for the deploy, or set credential_store = \"dynamodb\" \
+             in [deployment] to keep devices in a table"
+        ));
+    }
     let clients = app.clients().await?;
     // With --account no credentials are needed, so the partition comes from the region (or
     // --partition); otherwise it is the caller's, as for every other command.
@@ -417,13 +468,56 @@ mod tests {
                 all.contains(&"dynamodb:DeleteTable".to_string()),
                 matches!(command, For::Teardown | For::All)
             );
-            assert!(
-                !all.contains(&"dynamodb:GetItem".to_string()),
-                "operators never read verifiers"
+            // Only the device commands read whole items (verifiers included); status reads
+            // the non-secret attributes of one, under conditions.
+            let whole_items = statements.iter().any(|s| {
+                s["Condition"].is_null() && s.to_string().contains("\"dynamodb:GetItem\"")
+            });
+            assert_eq!(whole_items, command == For::All, "{command:?}: {doc}");
+            let probe = statements
+                .iter()
+                .find(|s| s["Sid"] == "ProbeDeviceWithoutSecrets");
+            assert_eq!(
+                probe.is_some(),
+                matches!(command, For::Status | For::All),
+                "{command:?}"
             );
+            if let Some(probe) = probe {
+                let attributes =
+                    &probe["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"];
+                assert!(!attributes.to_string().contains("verifier"), "{probe}");
+                assert!(!attributes.to_string().contains("previous"), "{probe}");
+                assert_eq!(
+                    probe["Condition"]["StringEquals"]["dynamodb:Select"],
+                    "SPECIFIC_ATTRIBUTES"
+                );
+            }
         }
         let logs = document(For::Logs, &dynamodb, "aws", "eu-west-1", "111122223333");
         assert!(!logs.to_string().contains("dynamodb"));
+    }
+
+    #[test]
+    fn the_device_policy_is_the_table_only() {
+        let names = Names::new("d")
+            .unwrap()
+            .with_store(CredentialStore::Dynamodb);
+        let doc = document(For::Device, &names, "aws", "eu-west-1", "111122223333");
+        let statements = doc["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 1, "{doc}");
+        assert_eq!(
+            statements[0]["Resource"],
+            "arn:aws:dynamodb:eu-west-1:111122223333:table/d-devices"
+        );
+        assert_eq!(actions(&doc), DEVICE_ACTIONS);
+        let all = actions(&document(
+            For::All,
+            &names,
+            "aws",
+            "eu-west-1",
+            "111122223333",
+        ));
+        assert!(DEVICE_ACTIONS.iter().all(|a| all.contains(&a.to_string())));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::commands::connect::{self, ConnectOptions};
-use crate::config::{Config, CredentialStore};
+use crate::config::{Config, CredentialStore, Device};
 use crate::error::{AwsResultExt, Failure, exit, is_access_denied};
 use crate::resources::check::{Check, SETUP, State, check, fail, ok, skip};
 use crate::resources::{self, Desired, Observed, endpoint};
@@ -29,7 +29,8 @@ use crate::{policy, verifier};
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Also log in as this device through TestInvokeAuthorizer: it must be allowed with the
-    /// policy the config says, and a random password must be denied.
+    /// policy its client IDs and topics say (from the config, or the devices table), and a
+    /// random password must be denied.
     #[arg(long, value_name = "USERNAME")]
     pub probe_user: Option<String>,
     /// Read the probe password from stdin (otherwise IOT_CUSTOM_AUTH_PASSWORD).
@@ -83,6 +84,23 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<u8> {
         None => None,
     };
     let clients = app.clients().await?;
+    // The probed device: from the config, or (DynamoDB store) its non-secret attributes from
+    // the table, before anything else so that an unknown username stops here. None: the table
+    // does not exist (yet), which the table checks report; the probe is skipped.
+    let probe_device = match &args.probe_user {
+        Some(user) => match config.deployment.credential_store {
+            CredentialStore::Package => Some(
+                config
+                    .device(user)
+                    .cloned()
+                    .context("probe device vanished")?,
+            ),
+            CredentialStore::Dynamodb => {
+                table_device(&clients.dynamodb, &names.table, user).await?
+            }
+        },
+        None => None,
+    };
     let ((identity, observed), endpoint) = tokio::try_join!(
         resources::read_all(clients, &names),
         endpoint::read(&clients.iot)
@@ -102,9 +120,16 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<u8> {
         "endpoint",
         format!("{endpoint}:{} ALPN {}", endpoint::PORT, endpoint::ALPN),
     ));
-    if let (Some(user), Some(password)) = (&args.probe_user, probe_password) {
+    if args.probe_user.is_some() && probe_device.is_none() {
+        checks.push(skip(
+            "probe.allowed",
+            "no devices table to read the device from",
+        ));
+    }
+    if let (Some(device), Some(password)) = (&probe_device, probe_password) {
+        let user = &device.username;
         if observed.authorizer.is_some() {
-            checks.extend(probe(app, &config, &desired, user, &password, &endpoint).await?);
+            checks.extend(probe(app, device, &desired, &password, &endpoint).await?);
         } else {
             checks.push(skip("probe.allowed", "no authorizer to call"));
         }
@@ -116,7 +141,7 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<u8> {
             checks.push(
                 connect_check(
                     app,
-                    &config,
+                    device,
                     &desired,
                     user,
                     password,
@@ -140,19 +165,11 @@ pub async fn run(app: &App, args: StatusArgs) -> Result<u8> {
 }
 
 fn probe_password(config: &Config, user: &str, stdin: bool) -> Result<String> {
-    // [silent] The probe compares the policy the authorizer returns with the device's client IDs
-    // and topics. With the DynamoDB store those are in the table, and status's policy does not
-    // read items (dynamodb:GetItem would also reveal verifiers), so it says so instead of
-    // guessing.
-    if config.deployment.credential_store == CredentialStore::Dynamodb {
-        bail!(Failure::usage(
-            "--probe-user is not available yet with credential_store = \"dynamodb\": status does not read devices from the table",
-            format!(
-                "log in as the device with `iot-custom-auth connect --username {user}` instead"
-            )
-        ));
-    }
-    if config.device(user).is_none() {
+    // With the DynamoDB store the device is read from the table once credentials are at hand
+    // ([`table_device`]).
+    if config.deployment.credential_store == CredentialStore::Package
+        && config.device(user).is_none()
+    {
         bail!(Failure::usage(
             format!("--probe-user: no device `{user}` in the config"),
             "`iot-custom-auth device list` shows the declared devices"
@@ -181,17 +198,78 @@ fn probe_password(config: &Config, user: &str, stdin: bool) -> Result<String> {
     }
 }
 
+/// The attributes `status --probe-user` reads from the devices table, and the only ones
+/// `iam-policy --for status` lets it read: everything but the verifiers (`verifier`, `previous`).
+pub const PROBE_ATTRIBUTES: &[&str] =
+    &["clientIds", "disabled", "publish", "subscribe", "username"];
+
+/// The probed device from the table: one GetItem projecting only [`PROBE_ATTRIBUTES`] (its
+/// verifier is left empty: the probe never needs it). None when the table does not exist.
+async fn table_device(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    user: &str,
+) -> Result<Option<Device>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let projection: Vec<String> = (0..PROBE_ATTRIBUTES.len())
+        .map(|i| format!("#a{i}"))
+        .collect();
+    let mut request = client
+        .get_item()
+        .table_name(table)
+        .key("username", AttributeValue::S(user.to_string()))
+        .projection_expression(projection.join(", "));
+    for (placeholder, name) in projection.iter().zip(PROBE_ATTRIBUTES) {
+        request = request.expression_attribute_names(placeholder, *name);
+    }
+    let out = match request.send().await {
+        Ok(out) => out,
+        Err(e) if e.code() == Some("ResourceNotFoundException") => return Ok(None),
+        Err(e) if is_access_denied(e.code()) => bail!(Failure::new(
+            format!(
+                "--probe-user: reading `{user}` from table {table} was refused: {}",
+                e.message().unwrap_or("access denied")
+            ),
+            "grant the conditional dynamodb:GetItem of `iot-custom-auth iam-policy --for status`"
+        )),
+        Err(e) => return Err(e).aws("dynamodb:GetItem"),
+    };
+    let Some(item) = out.item() else {
+        bail!(Failure::usage(
+            format!("--probe-user: no device `{user}` in table {table}"),
+            "`iot-custom-auth device list` shows the devices in the table"
+        ));
+    };
+    let strings = |key: &str| -> Vec<String> {
+        match item.get(key) {
+            Some(AttributeValue::L(values)) => values
+                .iter()
+                .filter_map(|v| v.as_s().ok().cloned())
+                .collect(),
+            _ => vec![],
+        }
+    };
+    Ok(Some(Device {
+        username: user.to_string(),
+        password_verifier: String::new(),
+        client_ids: strings("clientIds"),
+        publish: strings("publish"),
+        subscribe: strings("subscribe"),
+        previous_verifiers: vec![],
+        disabled: matches!(item.get("disabled"), Some(AttributeValue::Bool(true))),
+    }))
+}
+
 /// Logs in through TestInvokeAuthorizer as IoT would: the right password must give exactly the
-/// config's policy, a random one must be refused.
+/// policy the device's client IDs and topics say, a random one must be refused.
 async fn probe(
     app: &App,
-    config: &Config,
+    device: &Device,
     desired: &Desired,
-    user: &str,
     password: &str,
     server_name: &str,
 ) -> Result<Vec<Check>> {
-    let device = config.device(user).context("probe device vanished")?;
+    let user = device.username.as_str();
     let client_id = device.client_ids()[0].clone();
     let clients = app.clients().await?;
     let invoke = |password: Vec<u8>| {
@@ -222,6 +300,13 @@ async fn probe(
             .collect();
     let allowed = match good {
         Err(e) => probe_error("probe.allowed", e),
+        Ok(good) if device.disabled => check(
+            "probe.allowed",
+            !good.is_authenticated().unwrap_or(false),
+            format!("`{user}` is disabled and was refused"),
+            format!("`{user}` is disabled but was allowed"),
+            "check the authorizer code (with --code) or run `setup`",
+        ),
         Ok(good) => allowed_check(app, user, &client_id, &expected, &good),
     };
     let denied = match bad {
@@ -302,14 +387,14 @@ fn probe_error(id: &'static str, err: SdkError<TestInvokeAuthorizerError, HttpRe
 /// give (it skips TLS, ALPN, SNI, the username format and the broker's policy checks).
 async fn connect_check(
     app: &App,
-    config: &Config,
+    device: &Device,
     desired: &Desired,
     user: &str,
     password: String,
     target: Target,
     ca_files: Vec<PathBuf>,
 ) -> Check {
-    let device = config.device(user);
+    let device = Some(device);
     let options = ConnectOptions {
         target: Some(target),
         ca_files,
