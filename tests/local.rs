@@ -475,8 +475,11 @@ fn a_stalled_subscriber_does_not_slow_a_publisher_and_is_disconnected() {
             "stalled",
             json!({"subscriber": open_device(&format!("stuck{protocol}")),
                    "publisher": open_device("fast"), "filter": "telemetry/#",
-                   "topic": "telemetry/load", "count": 1500, "size": 1024, "budget": 20}),
+                   "topic": "telemetry/load", "count": 1500, "size": 1024, "budget": 20,
+                   "pause_after": 100}),
         );
+        // The first 100 fill the stalled subscriber's window; the rest arrive after a pause, so
+        // the gateway must notice them waiting by itself (it once slept until the keep-alive).
         // Every QoS 1 message acknowledged: the publisher never waited on the stalled receiver
         // (before, each one past the receiver's queue waited 1 s).
         assert_eq!(seen["acked"], 1500, "{protocol}: {seen}");

@@ -255,9 +255,16 @@ def stalled(args):
     payload = b"x" * args["size"]
     acked = 0
     started = time.monotonic()
-    infos = [
-        pub.client.publish(args["topic"], payload, qos=1) for _ in range(args["count"])
-    ]
+    # With "pause_after": N, the first N messages fill the subscriber's window and the rest
+    # come only after a pause, when the gateway has nothing else waiting for it.
+    first = args.get("pause_after", args["count"])
+    infos = [pub.client.publish(args["topic"], payload, qos=1) for _ in range(first)]
+    if first < args["count"]:
+        time.sleep(0.5)
+        infos += [
+            pub.client.publish(args["topic"], payload, qos=1)
+            for _ in range(args["count"] - first)
+        ]
     deadline = started + args.get("budget", 20)
     for info in infos:
         left = deadline - time.monotonic()

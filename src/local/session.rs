@@ -577,8 +577,17 @@ impl<'g> Session<'g> {
                     last_heard = Instant::now();
                     self.read(packet, &mut reader, &mut decoder)
                 }
-                Some(message) = self.deliveries.recv(), if room && writable => {
-                    self.deliver_waiting(message, &outbox)
+                // With a full window, the first message that arrives is held, so that it counts
+                // as waiting and the stall limit starts (nothing else would wake this loop).
+                Some(message) = self.deliveries.recv(),
+                    if (room && writable) || (!window_open && self.backlog.is_empty()) =>
+                {
+                    if room && writable {
+                        self.deliver_waiting(message, &outbox)
+                    } else {
+                        self.backlog.push_back(message);
+                        Step::Continue
+                    }
                 }
                 // Only while the writer's queue is nearly full: returns once it has room.
                 _ = outbox.reserve_many(CONTROL_ROOM + 1), if !writable => Step::Continue,
