@@ -6,10 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use base64::Engine as _;
 use common::cli::Cli;
 use common::standin::StandIn;
@@ -42,27 +39,7 @@ fn verifies(verifier: &str, password: &str) -> bool {
 /// commands can be tested on their own.
 async fn create_table(standin: &StandIn) -> aws_sdk_dynamodb::Client {
     let client = aws_sdk_dynamodb::Client::new(&standin.sdk_config().await);
-    client
-        .create_table()
-        .table_name(TABLE)
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("username")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("username")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    common::standin::create_devices_table(&client, TABLE).await;
     client
 }
 

@@ -463,26 +463,7 @@ async fn a_setup_interrupted_after_creating_the_table_is_completed_by_the_next()
 
     // A table still CREATING cannot be deleted or given PITR: the stand-in says so as AWS does.
     let db = dynamodb(&standin).await;
-    db.create_table()
-        .table_name("other-devices")
-        .attribute_definitions(
-            aws_sdk_dynamodb::types::AttributeDefinition::builder()
-                .attribute_name("username")
-                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                .attribute_name("username")
-                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    common::standin::create_devices_table(&db, "other-devices").await;
     let creating = db
         .describe_table()
         .table_name("other-devices")

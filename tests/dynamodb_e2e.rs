@@ -595,31 +595,8 @@ async fn the_device_commands_need_only_the_device_policy() {
     // The policy is the table's only: a batch write naming another table is refused (the
     // stand-in checks BatchWriteItem on each table of RequestItems, as IAM does).
     let admin = aws_sdk_dynamodb::Client::new(&standin.sdk_config().await);
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, PutRequest,
-        ScalarAttributeType, WriteRequest,
-    };
-    admin
-        .create_table()
-        .table_name("other-devices")
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("username")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("username")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    common::standin::create_devices_table(&admin, "other-devices").await;
     let put = |table: &str| {
         let request = WriteRequest::builder()
             .put_request(

@@ -7,10 +7,7 @@ mod common;
 
 use std::io::{Cursor, Write};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_iot::types::{AuthorizerStatus, MqttContext};
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{FunctionCode, Runtime};
@@ -192,27 +189,7 @@ async fn test_invoke_authorizer_reads_devices_from_the_table() {
         dynamodb: aws_sdk_dynamodb::Client::new(&config),
         iot: aws_sdk_iot::Client::new(&config),
     };
-    aws.dynamodb
-        .create_table()
-        .table_name(TABLE)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("username")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("username")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("CreateTable");
+    common::standin::create_devices_table(&aws.dynamodb, TABLE).await;
     deploy(&standin, "fleet", TABLE, true).await;
 
     // A device added to the table logs in, with its policy from the item; no redeploy.

@@ -196,17 +196,7 @@ fn connection(desired: &Desired, config: &crate::config::Config, address: String
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for o in &self.resources {
-            write!(
-                f,
-                "{:<19} {:<40} {}",
-                o.resource,
-                o.name,
-                o.action.verb(self.dry_run)
-            )?;
-            if !o.details.is_empty() {
-                write!(f, " ({})", o.details.join("; "))?;
-            }
-            writeln!(f)?;
+            o.write_line(f, self.dry_run)?;
         }
         let changed = self
             .resources

@@ -162,17 +162,7 @@ impl fmt::Display for Report {
             .filter(|o| matches!(o.action, Action::Deleted | Action::Cleared))
             .count();
         for o in &self.resources {
-            write!(
-                f,
-                "{:<19} {:<40} {}",
-                o.resource,
-                o.name,
-                o.action.verb(false)
-            )?;
-            if !o.details.is_empty() {
-                write!(f, " ({})", o.details.join("; "))?;
-            }
-            writeln!(f)?;
+            o.write_line(f, false)?;
         }
         let kept = self.resources.iter().any(|o| o.action == Action::Kept);
         if self.resources.iter().all(|o| o.action == Action::Skipped) {

@@ -424,6 +424,21 @@ impl Outcome {
         self.details = details;
         self
     }
+    /// Its result line, as `setup`, `teardown` and `device migrate` print it: resource, name,
+    /// what happened (or, in a dry run, would), and the details in parentheses.
+    pub fn write_line(&self, f: &mut std::fmt::Formatter<'_>, dry_run: bool) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<19} {:<40} {}",
+            self.resource,
+            self.name,
+            self.action.verb(dry_run)
+        )?;
+        if !self.details.is_empty() {
+            write!(f, " ({})", self.details.join("; "))?;
+        }
+        writeln!(f)
+    }
 }
 
 /// What the plans of the role, the function and the authorizer have in common.

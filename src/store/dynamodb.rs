@@ -175,12 +175,7 @@ impl TableStore {
         concurrency: usize,
         tick: Tick<'_>,
     ) -> Result<Written> {
-        let mut chunks = Vec::new();
-        let mut rest = incoming.into_iter().peekable();
-        while rest.peek().is_some() {
-            chunks.push(rest.by_ref().take(READ_BATCH).collect::<Vec<_>>());
-        }
-        futures::stream::iter(chunks)
+        futures::stream::iter(read_batches(incoming))
             .map(|chunk| self.put_chunk(chunk, tick))
             .buffer_unordered(concurrency.max(1))
             .try_fold(Written::default(), |total, w| async move {
@@ -232,12 +227,7 @@ impl TableStore {
         concurrency: usize,
         tick: Tick<'_>,
     ) -> Result<Written> {
-        let mut chunks = Vec::new();
-        let mut rest = devices.into_iter().peekable();
-        while rest.peek().is_some() {
-            chunks.push(rest.by_ref().take(READ_BATCH).collect::<Vec<_>>());
-        }
-        futures::stream::iter(chunks)
+        futures::stream::iter(read_batches(devices))
             .map(|chunk| async move {
                 let stored = self
                     .batch_get(chunk.iter().map(|d| d.username.as_str()))
@@ -497,6 +487,16 @@ fn strings(item: &HashMap<String, AttributeValue>, key: &str) -> Result<Vec<Stri
             })
             .collect(),
     }
+}
+
+/// `items` in chunks of [`READ_BATCH`], the most one BatchGetItem reads.
+fn read_batches<T>(items: Vec<T>) -> Vec<Vec<T>> {
+    let mut rest = items.into_iter().peekable();
+    let mut chunks = Vec::new();
+    while rest.peek().is_some() {
+        chunks.push(rest.by_ref().take(READ_BATCH).collect());
+    }
+    chunks
 }
 
 #[cfg(test)]

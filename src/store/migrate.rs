@@ -112,17 +112,7 @@ struct TableKept {
 impl fmt::Display for Migrated {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for o in &self.steps {
-            write!(
-                f,
-                "{:<19} {:<40} {}",
-                o.resource,
-                o.name,
-                o.action.verb(false)
-            )?;
-            if !o.details.is_empty() {
-                write!(f, " ({})", o.details.join("; "))?;
-            }
-            writeln!(f)?;
+            o.write_line(f, false)?;
         }
         writeln!(
             f,
