@@ -286,6 +286,21 @@ fn usernames(devices: &[Device]) -> String {
     list
 }
 
+/// The last step of a migration: the config file, unchanged since the run read it, switched to
+/// `store` (holding `devices`), and its result line.
+fn switch_config(
+    app: &App,
+    config: &Config,
+    store: CredentialStore,
+    devices: &[Device],
+    details: String,
+) -> Result<Outcome> {
+    config_unchanged(app, config)?;
+    package::switch_store(&app.global.config, store, devices)?;
+    let path = app.global.config.display().to_string();
+    Ok(Outcome::new("config", path, Action::Updated).with(vec![details]))
+}
+
 /// The config file must still be what the migration started from (nobody added or changed a
 /// device meanwhile), else rewriting it would lose that change.
 fn config_unchanged(app: &App, start: &Config) -> Result<()> {
@@ -427,19 +442,16 @@ async fn to_dynamodb(
     }
     steps.push(apply(app, &step, &function::RESOURCE).await?);
 
-    config_unchanged(app, config)?;
-    package::switch_store(&app.global.config, CredentialStore::Dynamodb, &[])?;
-    steps.push(
-        Outcome::new(
-            "config",
-            app.global.config.display().to_string(),
-            Action::Updated,
-        )
-        .with(vec![format!(
+    steps.push(switch_config(
+        app,
+        config,
+        CredentialStore::Dynamodb,
+        &[],
+        format!(
             "credential_store = \"dynamodb\"; {} devices removed, the table holds them",
             devices.len()
-        )]),
-    );
+        ),
+    )?);
     Ok(Migrated {
         deployment: desired.names.deployment.clone(),
         region: desired.region.clone(),
@@ -521,19 +533,17 @@ async fn to_package(app: &App, config: &Config, mut target: Config) -> Result<Mi
     );
     steps.push(apply(app, &step, &role::RESOURCE).await?);
 
-    config_unchanged(app, config)?;
-    package::switch_store(&app.global.config, CredentialStore::Package, &devices)?;
-    steps.push(
-        Outcome::new(
-            "config",
-            app.global.config.display().to_string(),
-            Action::Updated,
-        )
-        .with(vec![format!(
-            "credential_store = \"package\"; {} devices written",
-            devices.len()
-        )]),
+    let written = format!(
+        "credential_store = \"package\"; {} devices written",
+        devices.len()
     );
+    steps.push(switch_config(
+        app,
+        config,
+        CredentialStore::Package,
+        &devices,
+        written,
+    )?);
     Ok(Migrated {
         deployment: desired.names.deployment.clone(),
         region: desired.region.clone(),
