@@ -434,6 +434,42 @@ fn a_login_queued_behind_busy_workers_is_refused_at_its_own_deadline() {
 }
 
 #[test]
+fn a_login_no_worker_can_take_in_time_is_refused_saying_so() {
+    // One worker, whose process needs 1 s to start. The hung call holds it for 5 s; the login
+    // 300 ms behind it would get the replacement process only 700 ms after its own deadline.
+    let code = hanging_authorizer(0);
+    let index = code.path().join("index.mjs");
+    let source = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(
+        &index,
+        format!("await new Promise((r) => setTimeout(r, 1000));\n{source}"),
+    )
+    .unwrap();
+    let gw = Gateway::start(Start {
+        args: &[
+            "--code",
+            code.path().to_str().unwrap(),
+            "--authorizer-workers",
+            "1",
+        ],
+        ..Start::default()
+    });
+    let hung = gw.spawn_connect("hang", "x", &["--timeout", "10", "--client-id", "hang"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (queued, _) = gw.sensor(&["--timeout", "10"]);
+    assert_eq!(queued["outcome"], "connect_refused", "{queued}");
+    let _ = hung.wait_with_output();
+    assert!(
+        gw.log().contains(
+            "all 1 authorizer workers stayed busy past IoT's 5 s limit for this login (raise \
+             --authorizer-workers if the authorizer is slow)"
+        ),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
 fn the_authorizer_sees_only_what_lambda_gives_a_function() {
     let code = authorizer(
         r#"const fs = await import("node:fs");

@@ -2,26 +2,28 @@
 //! `assets/local/worker.mjs`, each importing the handler once and then serving invocations one at
 //! a time, as one Lambda execution environment does. A login therefore costs one JSON line each
 //! way, not a node start. Like Lambda, which scales out to concurrent invocations, up to
-//! `workers` processes run side by side; a warm one is reused before a new one is started (its
-//! cold start is logged, `INIT_START`), and a new one is started only for a login that has
-//! waited `SCALE_OUT_AFTER` for a warm one: an invocation takes well under a millisecond once
-//! warm, so waiting for a busy process is nearly always faster than a cold start, and one
-//! process kept hot serves more logins a second than several sharing the CPUs (bench/local:
-//! about 1,500 against 1,200–1,400 with 4 on this 2-core machine). A hung or slow call still
-//! only holds its own process: the logins behind it get a new one after that wait. Each invocation is printed on stderr the way CloudWatch
-//! shows it (`START`, the function's log lines, `END`, `REPORT`).
+//! `workers` processes run side by side: logins wait in one queue, a worker takes the oldest as
+//! soon as it is free (so a hot process goes from one invocation straight to the next), and a new
+//! worker is started whenever more logins wait than workers are idle. A new worker takes logins
+//! only once its process is warm (its cold start is logged, `INIT_START`), so no login waits
+//! for a cold start that a hot process could have spared it. A hung or slow call therefore only
+//! ever holds its own process. Each
+//! invocation is printed on stderr the way CloudWatch shows it (`START`, the function's log
+//! lines, `END`, `REPORT`).
 //!
 //! IoT gives an authorizer 5 s (aws-facts §2). Here that is one deadline per login, counted from
 //! the moment the login asks, so time spent waiting for a free worker counts: a hung call holds
 //! one worker until its own deadline, and a login queued behind busy workers is refused at its
 //! deadline rather than served late. A process past the deadline is killed and replaced by a
-//! fresh one on demand (a new cold start, as after a Lambda timeout).
+//! fresh one at once (a new cold start, as after a Lambda timeout).
 //!
 //! The processes get only the environment Lambda gives a function (`Spec::env`), never this
 //! process's own: the operator's AWS keys and the device password variable stay out of reach of
 //! the authorizer's code, as they would on AWS.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,15 +33,13 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout_at};
 
 use super::Console;
 
 /// IoT's limit on an authorizer invocation.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a login waits for a busy warm process before a new one is started for it.
-const SCALE_OUT_AFTER: Duration = Duration::from_millis(50);
 /// Lambda's limit on a function's init phase.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WORKER_SOURCE: &str = include_str!("../../assets/local/worker.mjs");
@@ -108,13 +108,27 @@ pub struct Lambda {
 struct Pool {
     spec: Spec,
     console: Console,
-    /// One permit per invocation that may run now.
-    slots: Arc<Semaphore>,
-    /// Warm processes waiting for an invocation; the most recently used is taken first, so
-    /// extra processes only start under concurrent load.
-    idle: Mutex<Vec<Process>>,
-    /// Signalled each time a process is back in `idle`.
-    returned: Notify,
+    queue: Mutex<Queue>,
+    /// Wakes an idle worker when a login is queued.
+    queued: Notify,
+}
+
+/// Logins waiting for a worker, and the workers (at most `spec.workers`).
+#[derive(Default)]
+struct Queue {
+    logins: VecDeque<Job>,
+    next_id: u64,
+    /// Workers waiting for a login.
+    idle: usize,
+    /// Workers started, idle or busy.
+    running: usize,
+}
+
+struct Job {
+    id: u64,
+    event: Value,
+    deadline: Instant,
+    reply: oneshot::Sender<Outcome>,
 }
 
 impl Lambda {
@@ -122,16 +136,17 @@ impl Lambda {
     /// stops `local` at once instead of refusing every login.
     pub async fn start(spec: Spec, console: Console) -> Result<Self> {
         let warm = Process::spawn(&spec, console).await?;
-        let pool = Pool {
-            slots: Arc::new(Semaphore::new(spec.workers.max(1))),
+        let pool = Arc::new(Pool {
             spec,
             console,
-            idle: Mutex::new(vec![warm]),
-            returned: Notify::new(),
-        };
-        Ok(Self {
-            pool: Arc::new(pool),
-        })
+            queue: Mutex::new(Queue {
+                running: 1,
+                ..Queue::default()
+            }),
+            queued: Notify::new(),
+        });
+        tokio::spawn(pool.clone().work(Some(warm)));
+        Ok(Self { pool })
     }
 
     /// Invokes the authorizer within IoT's 5 s, counted from now. Its verdict ends the
@@ -143,70 +158,122 @@ impl Lambda {
     }
 
     /// Invokes the authorizer if it can answer by `deadline`: waiting for a free worker, starting
-    /// one and the call itself all count. The call runs on its own task, so a caller that gives
-    /// up (its client hung up) does not kill a process mid-invocation.
+    /// one and the call itself all count. The worker, not the caller, owns the call, so a caller
+    /// that gives up (its client hung up) does not kill a process mid-invocation.
     pub async fn invoke_by(&self, event: Value, deadline: Instant) -> Outcome {
-        let busy = || {
-            Outcome::Failed(format!(
-                "all {} authorizer workers stayed busy past IoT's {} s limit for this login \
-                 (raise --authorizer-workers if the authorizer is slow)",
-                self.pool.spec.workers,
-                TIMEOUT.as_secs()
-            ))
+        let pool = &self.pool;
+        let (reply, mut answer) = oneshot::channel();
+        let (id, scale_out) = {
+            let mut queue = pool.queue.lock().expect("worker queue lock");
+            let id = queue.next_id;
+            queue.next_id += 1;
+            queue.logins.push_back(Job {
+                id,
+                event,
+                deadline,
+                reply,
+            });
+            // Every login waiting has an idle worker on its way, or gets a new one.
+            let scale_out =
+                queue.logins.len() > queue.idle && queue.running < pool.spec.workers.max(1);
+            if scale_out {
+                queue.running += 1;
+            }
+            (id, scale_out)
         };
-        let slot = match timeout_at(deadline, self.pool.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_)) => return Outcome::Failed("the authorizer workers have stopped".into()),
-            Err(_) => return busy(),
-        };
-        let pool = self.pool.clone();
-        let call = tokio::spawn(async move {
-            let outcome = pool.run(&event, deadline).await;
-            drop(slot);
-            outcome
-        });
-        call.await
-            .unwrap_or_else(|_| Outcome::Failed("the authorizer worker stopped".into()))
+        if scale_out {
+            tokio::spawn(pool.clone().work(None));
+        }
+        pool.queued.notify_one();
+        let stopped = || Outcome::Failed("the authorizer worker stopped".into());
+        match timeout_at(deadline, &mut answer).await {
+            Ok(outcome) => outcome.unwrap_or_else(|_| stopped()),
+            Err(_) => {
+                // Still queued: every worker stayed busy until this login's deadline.
+                let still_queued = {
+                    let mut queue = pool.queue.lock().expect("worker queue lock");
+                    let at = queue.logins.iter().position(|job| job.id == id);
+                    at.map(|at| queue.logins.remove(at)).is_some()
+                };
+                if still_queued {
+                    return busy(pool.spec.workers);
+                }
+                // A worker has it and ends it at the same deadline: its answer says how.
+                answer.await.unwrap_or_else(|_| stopped())
+            }
+        }
     }
 }
 
 impl Pool {
-    async fn run(&self, event: &Value, deadline: Instant) -> Outcome {
-        let warm = self.warm(deadline).await;
-        let mut process = match warm {
-            Some(process) => process,
-            None => match timeout_at(deadline, Process::spawn(&self.spec, self.console)).await {
-                Ok(Ok(process)) => process,
-                Ok(Err(e)) => return Outcome::Failed(format!("{e:#}")),
-                Err(_) => {
-                    return Outcome::Failed(format!(
-                        "a new authorizer worker did not finish its init within IoT's {} s limit",
-                        TIMEOUT.as_secs()
-                    ));
+    /// One worker: starts its process (the cold start) before it takes any login, so the logins
+    /// waiting meanwhile go to a hot process if one frees up first; then takes the oldest waiting
+    /// login as soon as it is free, so a hot process goes from one invocation straight to the
+    /// next. A process that failed or timed out is replaced at once. A worker whose process
+    /// cannot start gives up its place and fails the oldest waiting login with the reason.
+    async fn work(self: Arc<Self>, mut process: Option<Process>) {
+        loop {
+            let mut current = match process.take() {
+                Some(process) => process,
+                None => match Process::spawn(&self.spec, self.console).await {
+                    Ok(process) => process,
+                    Err(e) => return self.retire(&e),
+                },
+            };
+            let job = self.next_job().await;
+            let outcome = if Instant::now() >= job.deadline {
+                // Taken just as its caller gave up waiting: it gets the caller's reason.
+                busy(self.spec.workers)
+            } else {
+                let (outcome, healthy) =
+                    current.invoke(&job.event, self.console, job.deadline).await;
+                if healthy {
+                    process = Some(current);
                 }
-            },
-        };
-        let (outcome, healthy) = process.invoke(event, self.console, deadline).await;
-        if healthy {
-            self.idle.lock().expect("worker pool lock").push(process);
-            self.returned.notify_one();
+                outcome
+            };
+            let _ = job.reply.send(outcome);
         }
-        outcome
     }
 
-    /// A warm process: one idle now, or one that becomes idle within `SCALE_OUT_AFTER` (but
-    /// not past `deadline`); `None` means start a new one.
-    async fn warm(&self, deadline: Instant) -> Option<Process> {
-        let give_up = (Instant::now() + SCALE_OUT_AFTER).min(deadline);
-        loop {
-            // Created before looking, so a process returned in between is not missed.
-            let returned = self.returned.notified();
-            if let Some(process) = self.idle.lock().expect("worker pool lock").pop() {
-                return Some(process);
-            }
-            timeout_at(give_up, returned).await.ok()?;
+    fn retire(&self, error: &anyhow::Error) {
+        let job = {
+            let mut queue = self.queue.lock().expect("worker queue lock");
+            queue.running -= 1;
+            queue.logins.pop_front()
+        };
+        if let Some(job) = job {
+            let _ = job.reply.send(Outcome::Failed(format!("{error:#}")));
         }
     }
+
+    /// The oldest waiting login whose caller still waits.
+    async fn next_job(&self) -> Job {
+        loop {
+            let mut notified = pin!(self.queued.notified());
+            {
+                let mut queue = self.queue.lock().expect("worker queue lock");
+                while let Some(job) = queue.logins.pop_front() {
+                    if !job.reply.is_closed() {
+                        return job;
+                    }
+                }
+                // Registered before the lock is released, so a login queued in between wakes it.
+                notified.as_mut().enable();
+                queue.idle += 1;
+            }
+            notified.await;
+            self.queue.lock().expect("worker queue lock").idle -= 1;
+        }
+    }
+}
+
+fn busy(workers: usize) -> Outcome {
+    Outcome::Failed(format!(
+        "all {workers} authorizer workers stayed busy past IoT's {} s limit for this login \
+         (raise --authorizer-workers if the authorizer is slow)",
+        TIMEOUT.as_secs()
+    ))
 }
 
 struct Process {

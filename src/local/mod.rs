@@ -62,9 +62,9 @@ pub struct LocalArgs {
     )]
     pub node: PathBuf,
     /// Authorizer invocations that may run at once, each in its own warm node process (Lambda
-    /// runs concurrent invocations side by side). A new process starts only for a login that
-    /// has waited 50 ms for a busy warm one. A login waits for a free one, but never past IoT's
-    /// 5 s limit for its authorizer call.
+    /// runs concurrent invocations side by side). A new process starts when more logins wait
+    /// than processes are free. A login waits for a free one, but never past IoT's 5 s limit
+    /// for its authorizer call.
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub authorizer_workers: u16,
