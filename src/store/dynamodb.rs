@@ -178,12 +178,7 @@ impl TableStore {
         futures::stream::iter(read_batches(incoming))
             .map(|chunk| self.put_chunk(chunk, tick))
             .buffer_unordered(concurrency.max(1))
-            .try_fold(Written::default(), |total, w| async move {
-                Ok(Written {
-                    written: total.written + w.written,
-                    unchanged: total.unchanged + w.unchanged,
-                })
-            })
+            .try_fold(Written::default(), |total, w| async move { Ok(total + w) })
             .await
     }
 
@@ -250,12 +245,7 @@ impl TableStore {
                 Ok::<_, anyhow::Error>(written)
             })
             .buffer_unordered(concurrency.max(1))
-            .try_fold(Written::default(), |total, w| async move {
-                Ok(Written {
-                    written: total.written + w.written,
-                    unchanged: total.unchanged + w.unchanged,
-                })
-            })
+            .try_fold(Written::default(), |total, w| async move { Ok(total + w) })
             .await
     }
 

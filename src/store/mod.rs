@@ -44,6 +44,17 @@ pub struct Written {
     pub unchanged: usize,
 }
 
+impl std::ops::Add for Written {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            written: self.written + other.written,
+            unchanged: self.unchanged + other.unchanged,
+        }
+    }
+}
+
 /// A device to import: its record, and the password when the file gave one (to tell whether the
 /// stored verifier already matches it, since every new verifier has a fresh salt).
 pub struct Incoming {
