@@ -409,11 +409,8 @@ fn a_hung_authorizer_call_does_not_delay_other_logins() {
     );
 }
 
-#[test]
-fn a_login_queued_behind_busy_workers_is_refused_at_its_own_deadline() {
-    // One worker, held by a hung call for 5 s; the next login needs 1 s of it. IoT gives it 5 s
-    // from its CONNECT, queueing included, so it is refused rather than served late.
-    let code = hanging_authorizer(1000);
+/// With one worker held by a hung call, a login 300 ms behind it: refused, whatever the reason.
+fn refused_behind_a_hung_call_on_one_worker(code: &TempDir) -> Gateway {
     let gw = Gateway::start(Start {
         args: &[
             "--code",
@@ -428,6 +425,15 @@ fn a_login_queued_behind_busy_workers_is_refused_at_its_own_deadline() {
     let (queued, _) = gw.sensor(&["--timeout", "10"]);
     assert_eq!(queued["outcome"], "connect_refused", "{queued}");
     let _ = hung.wait_with_output();
+    gw
+}
+
+#[test]
+fn a_login_queued_behind_busy_workers_is_refused_at_its_own_deadline() {
+    // One worker, held by a hung call for 5 s; the next login needs 1 s of it. IoT gives it 5 s
+    // from its CONNECT, queueing included, so it is refused rather than served late.
+    let code = hanging_authorizer(1000);
+    let gw = refused_behind_a_hung_call_on_one_worker(&code);
     // With the worker free again, the same login goes through.
     let (again, _) = gw.sensor(&["--timeout", "10"]);
     assert_eq!(again["outcome"], "accepted", "{again}");
@@ -445,20 +451,7 @@ fn a_login_no_worker_can_take_in_time_is_refused_saying_so() {
         format!("await new Promise((r) => setTimeout(r, 1000));\n{source}"),
     )
     .unwrap();
-    let gw = Gateway::start(Start {
-        args: &[
-            "--code",
-            code.path().to_str().unwrap(),
-            "--authorizer-workers",
-            "1",
-        ],
-        ..Start::default()
-    });
-    let hung = gw.spawn_connect("hang", "x", &["--timeout", "10", "--client-id", "hang"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let (queued, _) = gw.sensor(&["--timeout", "10"]);
-    assert_eq!(queued["outcome"], "connect_refused", "{queued}");
-    let _ = hung.wait_with_output();
+    let gw = refused_behind_a_hung_call_on_one_worker(&code);
     assert!(
         gw.log().contains(
             "all 1 authorizer workers stayed busy past IoT's 5 s limit for this login (raise \
