@@ -83,13 +83,10 @@ fn s(item: &HashMap<String, AttributeValue>, key: &str) -> String {
 }
 
 fn dynamodb_cli(standin: &StandIn) -> Cli {
-    let cli = Cli::new(standin);
-    std::fs::write(
-        cli.config_path(),
-        format!("[deployment]\nname = \"{NAME}\"\ncredential_store = \"dynamodb\"\n"),
+    Cli::with_config(
+        standin,
+        &format!("[deployment]\nname = \"{NAME}\"\ncredential_store = \"dynamodb\"\n"),
     )
-    .unwrap();
-    cli
 }
 
 #[tokio::test]

@@ -7,25 +7,17 @@ mod common;
 
 use aws_sdk_dynamodb::types::{AttributeValue, PointInTimeRecoverySpecification};
 use common::cli::{Cli, Run};
-use common::standin::{ACCOUNT_ID, REGION, StandIn};
+use common::standin::{DEVICES_TABLE as TABLE, StandIn, devices_table_arn};
 use serde_json::Value;
 
 const ROLE: &str = "iot-custom-auth-authorizer-role";
-const TABLE: &str = "iot-custom-auth-devices";
-
-fn table_arn() -> String {
-    format!("arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{TABLE}")
-}
 
 /// A scratch config with the DynamoDB store and no device.
 fn dynamodb_cli(standin: &StandIn) -> Cli {
-    let cli = Cli::new(standin);
-    std::fs::write(
-        cli.config_path(),
+    Cli::with_config(
+        standin,
         "[deployment]\ncredential_store = \"dynamodb\"\ncache_seconds = 30\n",
     )
-    .unwrap();
-    cli
 }
 
 async fn dynamodb(standin: &StandIn) -> aws_sdk_dynamodb::Client {
@@ -87,7 +79,7 @@ fn as_identity(standin: &StandIn, cli: &Cli, command: &str) -> Vec<(String, Stri
         .expect(0)
         .json();
     assert!(
-        printed.to_string().contains(&table_arn()),
+        printed.to_string().contains(&devices_table_arn()),
         "the {command} policy names the table: {printed}"
     );
     standin.env_as(&standin.identity(&format!("ci-{command}"), &printed))
@@ -149,7 +141,7 @@ async fn the_dynamodb_lifecycle_as_least_privilege_identities() {
     );
     let tags = db
         .list_tags_of_resource()
-        .resource_arn(table_arn())
+        .resource_arn(devices_table_arn())
         .send()
         .await
         .unwrap();
@@ -171,7 +163,10 @@ async fn the_dynamodb_lifecycle_as_least_privilege_identities() {
         serde_json::from_str(&urlencoding::decode(grant.policy_document()).unwrap()).unwrap();
     assert_eq!(grant["Statement"].as_array().unwrap().len(), 1, "{grant}");
     assert_eq!(grant["Statement"][0]["Action"], "dynamodb:GetItem");
-    assert_eq!(grant["Statement"][0]["Resource"], table_arn().as_str());
+    assert_eq!(
+        grant["Statement"][0]["Resource"],
+        devices_table_arn().as_str()
+    );
 
     let healthy = run_as(&cli, &status, &["status", "--output", "json"], 0);
     for id in [
@@ -405,7 +400,7 @@ async fn status_names_table_drift_and_setup_repairs_it() {
     cli.run(&["status"]).expect(0);
 
     db.untag_resource()
-        .resource_arn(table_arn())
+        .resource_arn(devices_table_arn())
         .tag_keys("iot-custom-auth:deployment")
         .send()
         .await

@@ -19,12 +19,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_iot::primitives::Blob;
 use aws_sdk_iot::types::{MqttContext, TlsContext};
 use common::cli::{Cli, Run};
-use common::standin::{ACCOUNT_ID, Identity, REGION, StandIn};
+use common::standin::{DEVICES_TABLE as TABLE, Identity, REGION, StandIn, devices_table_arn};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iot-custom-auth");
-const TABLE: &str = "iot-custom-auth-devices";
 const AUTHORIZER: &str = "iot-custom-auth";
 /// The authorizer's cache lifetime in these tests: a removed or disabled device may log in for
 /// at most this long after the change.
@@ -33,19 +32,14 @@ const CACHE_SECONDS: u64 = 1;
 /// 2-core machine under a debug build.
 const MARGIN: Duration = Duration::from_secs(15);
 
-fn table_arn() -> String {
-    format!("arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{TABLE}")
-}
-
 /// A scratch config with the DynamoDB store, a 1 s cache and no device.
 fn dynamodb_cli(standin: &StandIn) -> Cli {
-    let cli = Cli::new(standin);
-    std::fs::write(
-        cli.config_path(),
-        format!("[deployment]\ncredential_store = \"dynamodb\"\ncache_seconds = {CACHE_SECONDS}\n"),
+    Cli::with_config(
+        standin,
+        &format!(
+            "[deployment]\ncredential_store = \"dynamodb\"\ncache_seconds = {CACHE_SECONDS}\n"
+        ),
     )
-    .unwrap();
-    cli
 }
 
 fn printed_policy(cli: &Cli, command: &str) -> Value {
@@ -58,7 +52,7 @@ fn printed_policy(cli: &Cli, command: &str) -> Value {
 fn as_identity(standin: &StandIn, cli: &Cli, command: &str) -> (Identity, Vec<(String, String)>) {
     let printed = printed_policy(cli, command);
     assert!(
-        printed.to_string().contains(&table_arn()),
+        printed.to_string().contains(&devices_table_arn()),
         "the {command} policy names the table: {printed}"
     );
     let identity = standin.identity(&format!("ci-{command}"), &printed);
@@ -244,7 +238,7 @@ async fn a_table_device_lives_its_whole_life_without_a_redeploy() {
     let reader = standin.identity(
         "ci-local",
         &json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-            "Action": "dynamodb:GetItem", "Resource": table_arn()}]}),
+            "Action": "dynamodb:GetItem", "Resource": devices_table_arn()}]}),
     );
     let iot = aws_sdk_iot::Client::new(&standin.sdk_config().await);
 
@@ -528,7 +522,11 @@ async fn the_device_commands_need_only_the_device_policy() {
     cli.run(&["setup"]).expect(0);
     let printed = printed_policy(&cli, "device");
     for statement in printed["Statement"].as_array().unwrap() {
-        assert_eq!(statement["Resource"], table_arn().as_str(), "{statement}");
+        assert_eq!(
+            statement["Resource"],
+            devices_table_arn().as_str(),
+            "{statement}"
+        );
         for action in statement["Action"].as_array().unwrap() {
             assert!(
                 action.as_str().unwrap().starts_with("dynamodb:"),

@@ -57,6 +57,13 @@ impl Cli {
         }
     }
 
+    /// A scratch directory whose config file holds `config`.
+    pub fn with_config(standin: &StandIn, config: &str) -> Self {
+        let cli = Self::new(standin);
+        std::fs::write(cli.config_path(), config).expect("writing the config");
+        cli
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("iot-custom-auth.toml")
     }

@@ -19,6 +19,12 @@ const PYTHON_VAR: &str = "IOT_CUSTOM_AUTH_TEST_PYTHON";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REGION: &str = "us-east-1";
 pub const ACCOUNT_ID: &str = "123456789012";
+/// The devices table of a deployment with the default name.
+pub const DEVICES_TABLE: &str = "iot-custom-auth-devices";
+
+pub fn devices_table_arn() -> String {
+    format!("arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{DEVICES_TABLE}")
+}
 
 /// One API call as the stand-in recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
