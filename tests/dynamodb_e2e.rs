@@ -16,10 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_iot::primitives::Blob;
-use aws_sdk_iot::types::{MqttContext, TlsContext};
 use common::cli::{Cli, Run};
-use common::standin::{DEVICES_TABLE as TABLE, Identity, REGION, StandIn, devices_table_arn};
+use common::standin::{
+    DEVICES_TABLE as TABLE, Identity, REGION, StandIn, devices_table_arn, logs_in,
+};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -77,26 +77,6 @@ fn operations(standin: &StandIn) -> Vec<String> {
         .into_iter()
         .map(|c| format!("{}:{}", c.service, c.operation))
         .collect()
-}
-
-/// A login through TestInvokeAuthorizer (the stand-in invokes the deployed function, which
-/// reads the table with the role's credentials): true when authenticated.
-async fn invoke(iot: &aws_sdk_iot::Client, user: &str, password: &str) -> bool {
-    let out = iot
-        .test_invoke_authorizer()
-        .authorizer_name(AUTHORIZER)
-        .mqtt_context(
-            MqttContext::builder()
-                .username(user)
-                .password(Blob::new(password.as_bytes()))
-                .client_id(user)
-                .build(),
-        )
-        .tls_context(TlsContext::builder().server_name("example.com").build())
-        .send()
-        .await
-        .expect("TestInvokeAuthorizer");
-    out.is_authenticated().unwrap_or(false)
 }
 
 /// `iot-custom-auth local` on the same config, reading the table through `--endpoint-url` as an
@@ -185,7 +165,7 @@ async fn both(
     password: &str,
 ) -> (bool, bool) {
     (
-        invoke(iot, user, password).await,
+        logs_in(iot, AUTHORIZER, user, password).await,
         local.login(user, password),
     )
 }

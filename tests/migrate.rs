@@ -12,32 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_iot::primitives::Blob;
-use aws_sdk_iot::types::MqttContext;
 use common::cli::{Cli, Run};
-use common::standin::{ACCOUNT_ID, REGION, StandIn};
+use common::standin::{ACCOUNT_ID, REGION, StandIn, logs_in};
 use serde_json::{Value, json};
 
 const NAME: &str = "iot-custom-auth";
 const TABLE: &str = "iot-custom-auth-devices";
-
-/// TestInvokeAuthorizer as IoT calls the function when a device connects: authenticated?
-async fn logs_in(iot: &aws_sdk_iot::Client, user: &str, password: &str) -> bool {
-    let out = iot
-        .test_invoke_authorizer()
-        .authorizer_name(NAME)
-        .mqtt_context(
-            MqttContext::builder()
-                .username(user)
-                .password(Blob::new(password.as_bytes()))
-                .client_id(user)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("TestInvokeAuthorizer");
-    out.is_authenticated() == Some(true)
-}
 
 /// One TestInvokeAuthorizer call of the login loop: when it was sent and answered, and whether
 /// the device was let in.
@@ -66,7 +46,7 @@ impl Pinger {
         let task = tokio::spawn(async move {
             while !flag.load(Ordering::SeqCst) {
                 let sent = Instant::now();
-                let ok = logs_in(&iot, &user, &password).await;
+                let ok = logs_in(&iot, NAME, &user, &password).await;
                 record.lock().unwrap().push(Login {
                     sent,
                     answered: Instant::now(),
@@ -198,11 +178,14 @@ fn fleet(cli: &Cli) -> (String, String, String) {
 
 async fn assert_fleet_logs_in(standin: &StandIn, (p1, old2, new2): &(String, String, String)) {
     let iot = aws_sdk_iot::Client::new(&standin.sdk_config().await);
-    assert!(logs_in(&iot, "s1", p1).await);
-    assert!(logs_in(&iot, "s2", old2).await, "the rotation's overlap");
-    assert!(logs_in(&iot, "s2", new2).await);
+    assert!(logs_in(&iot, NAME, "s1", p1).await);
     assert!(
-        !logs_in(&iot, "s3", "Pw-s3-Zq8x3Lr5Tb7Nc2Vm9Kd4").await,
+        logs_in(&iot, NAME, "s2", old2).await,
+        "the rotation's overlap"
+    );
+    assert!(logs_in(&iot, NAME, "s2", new2).await);
+    assert!(
+        !logs_in(&iot, NAME, "s3", "Pw-s3-Zq8x3Lr5Tb7Nc2Vm9Kd4").await,
         "s3 stays disabled"
     );
 }

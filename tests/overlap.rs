@@ -6,10 +6,8 @@
 
 mod common;
 
-use aws_sdk_iot::primitives::Blob;
-use aws_sdk_iot::types::MqttContext;
 use common::cli::{Cli, Run};
-use common::standin::{Call, StandIn};
+use common::standin::{Call, StandIn, logs_in};
 use serde_json::json;
 
 const NAME: &str = "iot-custom-auth";
@@ -27,25 +25,6 @@ fn setup_identity(standin: &StandIn, admin: &Cli, name: &str) -> Vec<(String, St
 fn run_as(cli: &Cli, env: &[(String, String)], args: &[&str]) -> Run {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     cli.run_with(args, None, &env)
-}
-
-/// TestInvokeAuthorizer as IoT calls the function when a device connects: authenticated?
-async fn logs_in(standin: &StandIn, user: &str, password: &str) -> bool {
-    let iot = aws_sdk_iot::Client::new(&standin.sdk_config().await);
-    let out = iot
-        .test_invoke_authorizer()
-        .authorizer_name(NAME)
-        .mqtt_context(
-            MqttContext::builder()
-                .username(user)
-                .password(Blob::new(password.as_bytes()))
-                .client_id(user)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("TestInvokeAuthorizer");
-    out.is_authenticated() == Some(true)
 }
 
 fn ok(c: &Call) -> bool {
@@ -73,7 +52,15 @@ async fn setup_overlaps_the_iot_steps_with_the_waits_and_returns_only_once_a_dev
 
     let run = run_as(&admin, &env, &["setup"]).expect(0);
     // Right away: no grace period after `setup` returns.
-    assert!(logs_in(&standin, "sensor1", &password).await);
+    assert!(
+        logs_in(
+            &aws_sdk_iot::Client::new(&standin.sdk_config().await),
+            NAME,
+            "sensor1",
+            &password
+        )
+        .await
+    );
 
     let calls = standin.calls();
     let timeline = format!("{calls:#?}");
@@ -228,7 +215,13 @@ async fn a_failure_in_each_overlapped_step_leaves_a_state_the_next_setup_complet
 
         let rerun = run_as(&admin, &env, &["setup"]).expect(0);
         assert!(
-            logs_in(&standin, "sensor1", &password).await,
+            logs_in(
+                &aws_sdk_iot::Client::new(&standin.sdk_config().await),
+                NAME,
+                "sensor1",
+                &password
+            )
+            .await,
             "{operation}: no login after the re-run"
         );
         let changed: Vec<String> = results(&rerun)

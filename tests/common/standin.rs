@@ -310,6 +310,33 @@ fn read_url(child: &mut Child) -> String {
     }
 }
 
+/// A login through TestInvokeAuthorizer, as IoT invokes `authorizer` when a device connects
+/// (the username as client ID, SNI `example.com`): authenticated?
+pub async fn logs_in(
+    iot: &aws_sdk_iot::Client,
+    authorizer: &str,
+    user: &str,
+    password: &str,
+) -> bool {
+    use aws_sdk_iot::primitives::Blob;
+    use aws_sdk_iot::types::{MqttContext, TlsContext};
+    let out = iot
+        .test_invoke_authorizer()
+        .authorizer_name(authorizer)
+        .mqtt_context(
+            MqttContext::builder()
+                .username(user)
+                .password(Blob::new(password.as_bytes()))
+                .client_id(user)
+                .build(),
+        )
+        .tls_context(TlsContext::builder().server_name("example.com").build())
+        .send()
+        .await
+        .expect("TestInvokeAuthorizer");
+    out.is_authenticated() == Some(true)
+}
+
 /// Creates the table `name` as `setup` creates the devices table (partition key `username`,
 /// on demand), without waiting for it to become ACTIVE.
 pub async fn create_devices_table(client: &aws_sdk_dynamodb::Client, name: &str) {
