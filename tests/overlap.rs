@@ -27,6 +27,17 @@ fn run_as(cli: &Cli, env: &[(String, String)], args: &[&str]) -> Run {
     cli.run_with(args, None, &env)
 }
 
+/// TestInvokeAuthorizer for the one device these tests add: authenticated?
+async fn sensor1_logs_in(standin: &StandIn, password: &str) -> bool {
+    logs_in(
+        &aws_sdk_iot::Client::new(&standin.sdk_config().await),
+        NAME,
+        "sensor1",
+        password,
+    )
+    .await
+}
+
 fn ok(c: &Call) -> bool {
     (200..300).contains(&c.status)
 }
@@ -52,15 +63,7 @@ async fn setup_overlaps_the_iot_steps_with_the_waits_and_returns_only_once_a_dev
 
     let run = run_as(&admin, &env, &["setup"]).expect(0);
     // Right away: no grace period after `setup` returns.
-    assert!(
-        logs_in(
-            &aws_sdk_iot::Client::new(&standin.sdk_config().await),
-            NAME,
-            "sensor1",
-            &password
-        )
-        .await
-    );
+    assert!(sensor1_logs_in(&standin, &password).await);
 
     let calls = standin.calls();
     let timeline = format!("{calls:#?}");
@@ -215,13 +218,7 @@ async fn a_failure_in_each_overlapped_step_leaves_a_state_the_next_setup_complet
 
         let rerun = run_as(&admin, &env, &["setup"]).expect(0);
         assert!(
-            logs_in(
-                &aws_sdk_iot::Client::new(&standin.sdk_config().await),
-                NAME,
-                "sensor1",
-                &password
-            )
-            .await,
+            sensor1_logs_in(&standin, &password).await,
             "{operation}: no login after the re-run"
         );
         let changed: Vec<String> = results(&rerun)
